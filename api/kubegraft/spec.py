@@ -1,0 +1,541 @@
+"""The TransferJob contract: `kubegraft.io/v1alpha1`, the single source of truth for the spec.
+
+Everything else derives from these models: the CRD's OpenAPI schema (`kubegraft.crd`), manifest validation
+(`kubegraft.validation`), the operator's Job rendering and the trainer's configuration. Field descriptions
+become `kubectl explain` text; defaults and bounds become schema defaults and bounds; `__cel_rules__` become
+`x-kubernetes-validations`.
+
+Manifests use camelCase (the aliases); Python code uses snake_case attributes. Validation accepts aliases only,
+so a snake_case key in a manifest is an unknown field, exactly as the API server sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubegraft.rules import CelRule, RuleCheckedModel
+
+GROUP = "kubegraft.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TransferJob"
+PLURAL = "transferjobs"
+SINGULAR = "transferjob"
+SHORT_NAMES = ("tj",)
+CATEGORIES = ("all", "kubegraft", "ml")
+
+# A TransferJob's name is the stem of its Jobs ("<name>-<run>"), ConfigMaps and label values (<= 63 chars).
+MAX_NAME_LENGTH = 52
+
+_S3_URI = r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?"
+_FILE_URI = r"file://\S+"
+_PLAIN_PATH = r"[^\s:]+"
+STORAGE_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_PLAIN_PATH})$"
+WEIGHTS_PATTERN = rf"^(imagenet|none|{_S3_URI}|{_FILE_URI}|{_PLAIN_PATH})$"
+ENDPOINT_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+Backbone = Literal[
+    "Xception",
+    "VGG16",
+    "VGG19",
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "ResNet50V2",
+    "ResNet101V2",
+    "ResNet152V2",
+    "InceptionV3",
+    "InceptionResNetV2",
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "MobileNetV3Large",
+    "DenseNet121",
+    "DenseNet169",
+    "DenseNet201",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
+    "EfficientNetV2B0",
+    "EfficientNetV2B1",
+    "EfficientNetV2B2",
+    "EfficientNetV2B3",
+    "EfficientNetV2S",
+    "EfficientNetV2M",
+    "EfficientNetV2L",
+    "ConvNeXtTiny",
+    "ConvNeXtSmall",
+    "ConvNeXtBase",
+    "ConvNeXtLarge",
+    "ConvNeXtXLarge",
+]
+# keras.applications refuses inputs smaller than these; every other backbone accepts 32 px.
+BACKBONE_MIN_IMAGE_SIZE: dict[str, int] = {"Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75}
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 1024
+
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+OutputFormat = Literal["savedmodel", "keras", "tflite"]
+Monitor = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
+
+
+class ApiModel(RuleCheckedModel):
+    """Base for every contract model: camelCase aliases only, unknown fields rejected (kubectl strict)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        serialize_by_alias=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+
+class EarlyStopping(ApiModel):
+    """Stop a stage when its monitored metric stops improving, and keep the best epoch's weights."""
+
+    enabled: bool = Field(True, description="Stop early and restore the best epoch's weights. Default true.")
+    monitor: Monitor = Field("val_accuracy", description="Metric to watch. Default val_accuracy.")
+    patience: int = Field(3, ge=0, le=1000, description="Epochs without improvement before stopping. Default 3.")
+    min_delta: float = Field(
+        0.0, ge=0, le=1, description="Smallest change that counts as an improvement. Default 0."
+    )
+
+
+def _trainable_ok(value: int | str) -> bool:
+    return value == "all" or (isinstance(value, int) and value >= 0)
+
+
+class Stage(ApiModel):
+    """One training stage: which backbone layers learn, and how."""
+
+    __cel_rules__ = (
+        CelRule(
+            rule="type(self.trainable) == int ? self.trainable >= 0 : self.trainable == 'all'",
+            message="trainable must be a non-negative number of layers or the string 'all'",
+            field_path=".trainable",
+            check=lambda s: _trainable_ok(s.trainable),
+        ),
+        CelRule(
+            rule="!has(self.momentum) || self.optimizer == 'sgd' || self.optimizer == 'rmsprop'",
+            message="momentum applies only to the sgd and rmsprop optimizers",
+            field_path=".momentum",
+            check=lambda s: s.momentum is None or s.optimizer in ("sgd", "rmsprop"),
+        ),
+        CelRule(
+            rule="!has(self.weightDecay) || self.optimizer == 'adamw'",
+            message="weightDecay applies only to the adamw optimizer",
+            field_path=".weightDecay",
+            check=lambda s: s.weight_decay is None or s.optimizer == "adamw",
+        ),
+    )
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=40,
+        pattern=DNS_LABEL_PATTERN,
+        description="Stage name, unique within the job (lowercase letters, digits and '-'), e.g. head, finetune.",
+    )
+    trainable: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
+        0,
+        description=(
+            "Backbone layers trained in this stage, counted from the top: 0 trains only the head (backbone "
+            "frozen), N unfreezes the last N layers, 'all' the whole backbone. BatchNormalization layers stay "
+            "in inference mode. Default 0."
+        ),
+    )
+    epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs for this stage. Default 10.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per batch (per replica). Default 32.")
+    optimizer: Optimizer = Field("adam", description="Optimizer: adam, adamw, sgd or rmsprop. Default adam.")
+    learning_rate: float = Field(
+        1.0e-3, gt=0, le=10, description="Learning rate; use a small one (1e-4 to 1e-5) when fine-tuning."
+    )
+    momentum: float | None = Field(
+        None, ge=0, lt=1, description="Momentum for sgd (default 0.9) and rmsprop (default 0.0) only."
+    )
+    weight_decay: float | None = Field(
+        None, ge=0, le=1, description="Decoupled weight decay for adamw only (default 0.004)."
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="Early stopping with best-weights restore, per stage."
+    )
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether any backbone layer is trainable in this stage."""
+        return self.trainable == "all" or (isinstance(self.trainable, int) and self.trainable > 0)
+
+
+class Head(ApiModel):
+    """The new top that replaces the backbone's classifier: Dense layers, then a softmax over the classes."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [256],
+        max_length=8,
+        description="Units of each hidden Dense (ReLU) layer; [] puts the softmax right on the features.",
+    )
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout rate before each Dense layer. Default 0.3.")
+    batch_norm: bool = Field(False, description="BatchNormalization after each hidden layer. Default false.")
+
+
+class ModelSpec(ApiModel):
+    """The network: a pretrained backbone from keras.applications with a new head."""
+
+    backbone: Backbone = Field(
+        "ResNet50",
+        description=(
+            "keras.applications backbone; it also supplies preprocess_input. Default ResNet50. Minimum image "
+            "size 32 px, 71 for Xception, 75 for InceptionV3 and InceptionResNetV2."
+        ),
+    )
+    weights: str = Field(
+        "imagenet",
+        max_length=1024,
+        pattern=WEIGHTS_PATTERN,
+        description=(
+            "imagenet (downloaded by Keras), none (train from scratch), or the URI (s3://, file:// or a path) "
+            "of a saved backbone without its top (.keras) or of a weights file for the named backbone."
+        ),
+    )
+    head: Head = Field(default_factory=Head, description="The classification head put on the backbone.")
+
+
+class DatasetSpec(ApiModel):
+    """Where the labelled images are and how they are split."""
+
+    __cel_rules__ = (
+        CelRule(
+            rule="self.validationSplit + self.testSplit < 1.0",
+            message="validationSplit + testSplit must be less than 1 so that training images remain",
+            field_path=".testSplit",
+            check=lambda d: d.validation_split + d.test_split < 1.0,
+        ),
+        CelRule(
+            rule="self.layout == 'manifest' ? has(self.manifest) : !has(self.manifest)",
+            message="manifest is required with layout manifest and not allowed with layout folders",
+            field_path=".manifest",
+            check=lambda d: (d.manifest is not None) == (d.layout == "manifest"),
+        ),
+    )
+
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        pattern=STORAGE_URI_PATTERN,
+        description="s3://bucket/prefix/ in clusters; file:// or a plain path for local runs.",
+    )
+    layout: Literal["folders", "manifest"] = Field(
+        "folders",
+        description=(
+            "folders: <uri>/<class>/<image>. manifest: a CSV of path,label[,xmin,ymin,xmax,ymax] whose "
+            "optional boxes crop each image. Default folders."
+        ),
+    )
+    manifest: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[^\s:]+$",
+        description="With layout manifest: the CSV's path relative to uri, e.g. labels.csv.",
+    )
+    classes: list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^/\s][^/]*$")]] | None = Field(
+        None,
+        min_length=2,
+        max_length=10000,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Subset and order of the classes to learn; default: every class found, sorted by name.",
+    )
+    validation_split: float = Field(
+        0.15, gt=0, lt=1, description="Fraction held out for validation (stratified, from seed). Default 0.15."
+    )
+    test_split: float = Field(
+        0.15, ge=0, lt=1, description="Fraction held out for the final test (stratified, from seed). Default 0.15."
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the split and of training. Default 42.")
+    image_size: int = Field(
+        224,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="Square side in pixels images are resized to. Default 224. See model.backbone for minimums.",
+    )
+
+
+class Augmentation(ApiModel):
+    """Random image transforms applied during training only (layers inside the model, off at inference)."""
+
+    horizontal_flip: bool = Field(False, description="Random left-right flips. Default false.")
+    vertical_flip: bool = Field(False, description="Random up-down flips. Default false.")
+    rotation: float = Field(0.0, ge=0, le=180, description="Maximum rotation in degrees. Default 0.")
+    zoom: float = Field(0.0, ge=0, lt=1, description="Maximum zoom in or out, as a fraction. Default 0.")
+    shear: float = Field(0.0, ge=0, lt=1, description="Maximum shear, as a fraction. Default 0.")
+    brightness: float = Field(0.0, ge=0, le=1, description="Maximum brightness change, as a fraction. Default 0.")
+    contrast: float = Field(0.0, ge=0, le=1, description="Maximum contrast change, as a fraction. Default 0.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any transform is on."""
+        return any(
+            (self.horizontal_flip, self.vertical_flip, self.rotation, self.zoom, self.shear, self.brightness)
+        ) or bool(self.contrast)
+
+
+class OutputSpec(ApiModel):
+    """Where the trained model is published, as numbered versions <uri>/<n>/."""
+
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        pattern=STORAGE_URI_PATTERN,
+        description="Model repository: each run publishes <uri>/<n>/ as TF Serving and KServe expect.",
+    )
+    formats: list[OutputFormat] = Field(
+        default_factory=lambda: ["savedmodel"],
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Formats to publish: savedmodel (always served), keras, tflite. Default [savedmodel].",
+    )
+
+
+class SecretRef(ApiModel):
+    """A Secret in the TransferJob's own namespace holding S3 credentials (never copied anywhere)."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    access_key_id_key: str = Field(
+        "AWS_ACCESS_KEY_ID", min_length=1, max_length=253, description="Key holding the access key id."
+    )
+    secret_access_key_key: str = Field(
+        "AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253, description="Key holding the secret key."
+    )
+
+
+class StorageSpec(ApiModel):
+    """How to reach object storage. Omit everything for AWS with the pod's cloud identity."""
+
+    endpoint: str | None = Field(
+        None, max_length=1024, pattern=ENDPOINT_PATTERN, description="S3 endpoint URL; omit for AWS."
+    )
+    region: str | None = Field(None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 addressing style; auto uses path style with a custom endpoint. Default auto."
+    )
+    secret_ref: SecretRef | None = Field(
+        None, description="Secret with credentials; omit to use the pod's cloud identity (IRSA, workload identity)."
+    )
+
+
+class ResourcesSpec(ApiModel):
+    """Compute for the training pod."""
+
+    gpus: int = Field(1, ge=0, le=16, description="GPUs (nvidia.com/gpu by default). Default 1.")
+    cpu: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
+        "4", description="CPU request and limit (a Kubernetes quantity). Default 4."
+    )
+    memory: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
+        "16Gi", description="Memory request and limit (a Kubernetes quantity). Default 16Gi."
+    )
+
+    __cel_rules__ = (
+        CelRule(
+            rule="type(self.cpu) == int ? self.cpu > 0 : self.cpu.matches('" + QUANTITY_PATTERN + "')",
+            message="cpu must be a Kubernetes quantity such as 4, 500m or 2.5",
+            field_path=".cpu",
+            check=lambda r: _quantity_ok(r.cpu),
+        ),
+        CelRule(
+            rule="type(self.memory) == int ? self.memory > 0 : self.memory.matches('" + QUANTITY_PATTERN + "')",
+            message="memory must be a Kubernetes quantity such as 16Gi or 512Mi",
+            field_path=".memory",
+            check=lambda r: _quantity_ok(r.memory),
+        ),
+    )
+
+
+def _quantity_ok(value: int | str) -> bool:
+    import re
+
+    if isinstance(value, int):
+        return value > 0
+    return re.fullmatch(QUANTITY_PATTERN.strip("^$"), value) is not None
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration, copied to the training pod."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(None, ge=0, description="For NoExecute: how long to stay bound.")
+
+
+class SchedulingSpec(ApiModel):
+    """Where the training pod may run and which queue admits it."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod requires.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Pod tolerations.")
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="A Kubernetes affinity object, copied to the pod as is.",
+    )
+    priority_class_name: str = Field("", max_length=253, description="PriorityClass of the pod.")
+    queue_name: str = Field(
+        "", max_length=63, description="Kueue LocalQueue: the Job is created suspended and Kueue admits it."
+    )
+
+
+class RunPolicy(ApiModel):
+    """Retries, deadlines and suspension of the training Job."""
+
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries after retryable failures. Default 3.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the run after this many seconds. Default: no deadline."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished Job (not the model) after this many seconds."
+    )
+    suspend: bool = Field(False, description="Suspend the run (stops its pods); false resumes it. Default false.")
+
+
+class TransferJobSpec(ApiModel):
+    """What to learn from, what to start from, how to train and where to publish."""
+
+    __cel_rules__ = (
+        CelRule(
+            rule="!has(self.stages) || self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+            message="stage names must be unique",
+            field_path=".stages",
+            check=lambda s: s.stages is None or len({st.name for st in s.stages}) == len(s.stages),
+        ),
+        CelRule(
+            rule="self.model.backbone != 'Xception' || self.dataset.imageSize >= 71",
+            message="dataset.imageSize must be at least 71 for the Xception backbone",
+            field_path=".dataset.imageSize",
+            check=lambda s: s.model.backbone != "Xception" or s.dataset.image_size >= 71,
+        ),
+        CelRule(
+            rule=(
+                "!(self.model.backbone in ['InceptionV3', 'InceptionResNetV2']) || self.dataset.imageSize >= 75"
+            ),
+            message="dataset.imageSize must be at least 75 for the InceptionV3 and InceptionResNetV2 backbones",
+            field_path=".dataset.imageSize",
+            check=lambda s: s.model.backbone not in ("InceptionV3", "InceptionResNetV2")
+            or s.dataset.image_size >= 75,
+        ),
+        CelRule(
+            rule=(
+                "self.classifier != 'linear' || !has(self.stages) || "
+                "self.stages.all(s, type(s.trainable) == string || s.trainable > 0)"
+            ),
+            message=(
+                "with classifier linear the head is fit exactly on bottleneck features: stages may only "
+                "fine-tune (trainable > 0 or 'all')"
+            ),
+            field_path=".stages",
+            check=lambda s: s.classifier != "linear" or s.stages is None or all(st.trains_backbone for st in s.stages),
+        ),
+    )
+
+    dataset: DatasetSpec = Field(..., description="Labelled images and their split.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Backbone, its weights and the new head.")
+    stages: list[Stage] | None = Field(
+        None,
+        min_length=1,
+        max_length=10,
+        description=(
+            "Training stages, run in order. Default: 'head' (trainable 0, 10 epochs, adam 1e-3) then "
+            "'finetune' (trainable 50, 10 epochs, sgd 1e-4 momentum 0.9); with classifier linear, no stage."
+        ),
+    )
+    classifier: Literal["softmax", "linear"] = Field(
+        "softmax",
+        description=(
+            "softmax: the head in model.head trained by the stages. linear: a multinomial logistic regression "
+            "fit on cached bottleneck features (fastest), exported in the same serving model; later stages "
+            "may fine-tune it with the backbone."
+        ),
+    )
+    augmentation: Augmentation = Field(
+        default_factory=Augmentation, description="Training-time augmentation; all off by default."
+    )
+    output: OutputSpec = Field(..., description="Where models are published.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object storage endpoint and credentials.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, CPU and memory of the pod.")
+    workers: int = Field(
+        1, ge=1, le=1, description="Training pods. Only 1 in v1alpha1; multi-worker training is planned."
+    )
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
+    image: str = Field("", max_length=1024, description="Trainer image override; empty uses the operator's default.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL and suspend.")
+
+    def resolved_stages(self) -> list[Stage]:
+        """The stages to run: the spec's own, or the documented default for the classifier."""
+        if self.stages is not None:
+            return list(self.stages)
+        if self.classifier == "linear":
+            return []
+        return [
+            Stage.model_validate({"name": "head", "trainable": 0, "epochs": 10, "optimizer": "adam"}),
+            Stage.model_validate(
+                {
+                    "name": "finetune",
+                    "trainable": 50,
+                    "epochs": 10,
+                    "optimizer": "sgd",
+                    "learningRate": 1.0e-4,
+                    "momentum": 0.9,
+                }
+            ),
+        ]
+
+
+class ObjectMeta(ApiModel):
+    """The metadata fields kubegraft reads; everything else Kubernetes puts there is kept as is."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, validate_by_alias=True, validate_by_name=False)
+
+    name: str | None = Field(None, max_length=253)
+    generate_name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TransferJob(ApiModel):
+    """A TransferJob manifest: apiVersion, kind, metadata and spec (status is the operator's)."""
+
+    __cel_rules__ = (
+        CelRule(
+            rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+            message=(
+                f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that Job names and labels "
+                "derived from it fit"
+            ),
+            field_path=".metadata.name",
+            check=lambda t: t.metadata.name is None or len(t.metadata.name) <= MAX_NAME_LENGTH,
+        ),
+    )
+
+    api_version: Literal["kubegraft.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["TransferJob"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TransferJobSpec
+    status: dict[str, Any] | None = None

@@ -1,0 +1,72 @@
+"""The TransferJob status: written by the operator only (status subresource), read by users and GitOps tools.
+
+Conditions are the source of truth (Kubernetes API conventions, kstatus-compatible: `Ready`, `Reconciling`,
+`Stalled`, plus `Succeeded`, `Failed`, `Suspended`); `phase` is a one-word summary derived from them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kubegraft.spec import ApiModel
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class ConditionType:
+    """Condition types kubegraft sets on a TransferJob."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(ApiModel):
+    """One condition, following the Kubernetes API conventions."""
+
+    type: str = Field(..., min_length=1, max_length=316, description="Condition type, e.g. Succeeded.")
+    status: ConditionStatus = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., min_length=1, max_length=1024, description="CamelCase reason for the status.")
+    message: str = Field("", max_length=32768, description="A human-readable sentence.")
+    last_transition_time: str = Field(..., description="When status last flipped (RFC 3339).")
+    observed_generation: int | None = Field(None, ge=0, description="The spec generation this describes.")
+
+
+class ImageCounts(ApiModel):
+    """How many images each split holds, and how many were skipped as unreadable."""
+
+    train: int = Field(0, ge=0, description="Training images.")
+    validation: int = Field(0, ge=0, description="Validation images.")
+    test: int = Field(0, ge=0, description="Test images.")
+    skipped: int = Field(0, ge=0, description="Corrupt, empty or non-image files skipped.")
+
+
+class TransferJobStatus(ApiModel):
+    """What the operator observed about the current run."""
+
+    phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended.")
+    run: int | None = Field(None, ge=1, description="Run number; a new spec generation starts a new run.")
+    stage: str | None = Field(None, description="The stage training now (or last).")
+    epoch: int | None = Field(None, ge=0, description="Epoch within the stage.")
+    total_epochs: int | None = Field(None, ge=0, description="Maximum epochs over all stages.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Latest metrics: loss, accuracy, val_loss, val_accuracy, test_accuracy, ..."
+    )
+    images: ImageCounts | None = Field(None, description="Image counts by split.")
+    recipe: str | None = Field(None, description="The training recipe in short form (chosen or given).")
+    model_uri: str | None = Field(None, description="The published model version, e.g. s3://models/cars/3/.")
+    job_name: str | None = Field(None, description="The batch/v1 Job running the current run.")
+    start_time: str | None = Field(None, description="When the current run started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the current run finished (RFC 3339).")
+    observed_generation: int | None = Field(None, ge=0, description="The spec generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Reconciling, Stalled, Succeeded, Failed, Suspended.",
+    )
