@@ -15,3 +15,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in _TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+# Shared fixtures live next to the harness they drive.
+pytest_plugins = ["tests.harness.s3", "tests.harness.fashion", "tests.harness.backbone", "tests.harness.cluster"]

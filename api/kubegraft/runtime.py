@@ -26,6 +26,7 @@ TERMINATION_MESSAGE_MAX_BYTES = 4096
 ENV_SPEC_PATH = "KUBEGRAFT_SPEC"  # path of the mounted TransferJob manifest (spec only, no secrets)
 ENV_RUN_ID = "KUBEGRAFT_RUN_ID"  # stable identity of a run: "<uid>-g<generation>"; names its checkpoints
 ENV_PROGRESS_PORT = "KUBEGRAFT_PROGRESS_PORT"
+ENV_PROGRESS_BIND = "KUBEGRAFT_PROGRESS_BIND"  # address the progress server binds; default 0.0.0.0
 ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
 ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
 

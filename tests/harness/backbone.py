@@ -1,0 +1,1 @@
+"""Test harness: backbone (placeholder; filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test harness: cluster (placeholder; filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test harness: fashion (placeholder; filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test harness: s3 (placeholder; filled in by its owner)."""
