@@ -67,6 +67,7 @@ bench: setup
 crd: $(VENV)/.installed
 	$(BIN)/kubegraft crd > manifests/crd/kubegraft.io_transferjobs.yaml
 	cp manifests/crd/kubegraft.io_transferjobs.yaml charts/kubegraft/crds/kubegraft.io_transferjobs.yaml
+	$(BIN)/python -m kubegraft.reference docs/api.md
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .apt-stamp .cache .demo

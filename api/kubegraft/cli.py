@@ -1,10 +1,13 @@
 """The `kubegraft` command line: CRD, validation, local training, prediction and the operator.
 
-Each command is a thin shell over the module that does the work; heavy imports (TensorFlow, kopf) happen inside
-the command so `kubegraft crd` and `kubegraft validate` stay fast and dependency-light.
+Each command is a thin shell over the module that does the work; heavy imports (TensorFlow, kopf) happen
+inside the command so `kubegraft crd` and `kubegraft validate` stay fast and dependency-light.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +25,194 @@ def crd() -> None:
     from kubegraft.crd import render_crd_yaml
 
     typer.echo(render_crd_yaml(), nl=False)
+
+
+class OutputFormat(StrEnum):
+    """How `kubegraft validate -o` prints the defaulted objects."""
+
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[str], typer.Argument(help="Manifest files (multi-document YAML); '-' reads stdin.")
+    ],
+    output: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Print each valid TransferJob after defaulting, as the API server stores it.",
+        ),
+    ] = None,
+) -> None:
+    """Validate TransferJob manifests as the API server will (schema, defaults, CEL); exit 1 if any fails.
+
+    Every error names its file, document (1-based) and field path. Documents of other kinds are skipped.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from kubegraft.validation import validate_documents
+
+    failed = False
+    valid: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
+            failed = True
+            continue
+        for report in validate_documents(text, file):
+            if report.skipped:
+                typer.echo(f"{report.label}: skipped (not a kubegraft.io TransferJob)", err=True)
+            elif report.ok:
+                typer.echo(f"{report.label}: valid", err=True)
+                if report.result is not None:
+                    valid.append(report.result.defaulted)
+            else:
+                failed = True
+                for error in report.errors:
+                    typer.echo(f"{report.label}: {error}", err=True)
+    if output is OutputFormat.yaml and valid:
+        typer.echo(yaml.safe_dump_all(valid, sort_keys=False), nl=False)
+    elif output is OutputFormat.json and valid:
+        typer.echo(
+            json.dumps(
+                valid[0] if len(valid) == 1 else {"apiVersion": "v1", "kind": "List", "items": valid},
+                indent=2,
+            )
+        )
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _train_process(spec_path: str, progress_port: int | None, verbose: int) -> None:
+    """Shared body of `run` and `train`: the trainer's `main` in this process, its exit code ours."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubegraft_trainer.run import main
+
+    raise typer.Exit(code=main(spec_path, progress_port=progress_port, verbose=verbose))
+
+
+@app.command()
+def run(
+    file: Annotated[str, typer.Argument(help="TransferJob manifest (YAML).")],
+    local: Annotated[
+        bool, typer.Option("--local", help="Train in this process (the only mode; `kubectl apply` submits).")
+    ] = True,
+    progress_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of /progress and /metrics; 0 picks a free one. Default $KUBEGRAFT_PROGRESS_PORT or 9090."
+        ),
+    ] = None,
+) -> None:
+    """Train a manifest's stages here (dataset and output local or s3://) and publish the model version."""
+    import sys
+
+    _train_process(file, progress_port, verbose=1 if sys.stdout.isatty() else 0)
+
+
+@app.command()
+def train(
+    progress_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /progress and /metrics. Default $KUBEGRAFT_PROGRESS_PORT or 9090."),
+    ] = None,
+) -> None:
+    """The training pod's entry point: train the TransferJob mounted at $KUBEGRAFT_SPEC."""
+    from kubegraft_trainer.run import spec_path_from_env
+
+    _train_process(spec_path_from_env(), progress_port, verbose=0)
+
+
+@app.command()
+def predict(
+    model_uri: Annotated[
+        str, typer.Argument(help="Model repository (output.uri) or a version folder; path or s3://.")
+    ],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    version: Annotated[
+        int | None, typer.Option(help="Version to use; default the latest complete one.")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Classes to print per image.")] = 3,
+    endpoint: Annotated[
+        str | None, typer.Option(envvar="AWS_ENDPOINT_URL", help="S3 endpoint for s3:// URIs; default AWS.")
+    ] = None,
+) -> None:
+    """Print the top classes of each image as the published model's serving signature predicts them."""
+    from kubegraft.spec import StorageSpec
+    from kubegraft_trainer.errors import TrainerError
+    from kubegraft_trainer.predict import load_published, predict_files
+
+    try:
+        model = load_published(model_uri, StorageSpec.model_validate({"endpoint": endpoint}), version)
+    except TrainerError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(code=int(exc.exit_code)) from None
+    try:
+        results = predict_files(model, images, top)
+    except TrainerError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(code=int(exc.exit_code)) from None
+    finally:
+        model.close()
+    typer.echo(f"# {model.uri} (version {model.version})", err=True)
+    for image, result in zip(images, results, strict=True):
+        typer.echo(f"{image}: {result}")
+
+
+@app.command()
+def operator(
+    *,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Namespace to watch (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch all namespaces.")
+    ] = False,
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics and /readyz.")] = 8080,
+    liveness: Annotated[
+        str, typer.Option(help="kopf's liveness endpoint URL.")
+    ] = "http://0.0.0.0:8081/healthz",
+    peering: Annotated[str | None, typer.Option(help="Peering name for HA (mandatory when given).")] = None,
+    standalone: Annotated[bool, typer.Option(help="No peering: the only replica.")] = False,
+    priority: Annotated[
+        int | None, typer.Option(help="Peering priority (highest replica is active).")
+    ] = None,
+    trainer_image: Annotated[str | None, typer.Option(help="Default trainer image.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the kubegraft operator (`kopf run -m kubegraft_operator.main`); replaces this process."""
+    import os
+    import sys
+
+    args = [sys.executable, "-m", "kopf", "run", "-m", "kubegraft_operator.main", f"--liveness={liveness}"]
+    if all_namespaces or not namespace:
+        args.append("--all-namespaces")
+    for ns in namespace or []:
+        args += ["--namespace", ns]
+    if standalone:
+        args.append("--standalone")
+    elif peering:
+        args += ["--peering", peering]
+    if priority is not None:
+        args += ["--priority", str(priority)]
+    if verbose:
+        args.append("--verbose")
+    env = dict(os.environ, KUBEGRAFT_METRICS_PORT=str(metrics_port))
+    if trainer_image:
+        env["KUBEGRAFT_TRAINER_IMAGE"] = trainer_image
+    os.execve(sys.executable, args, env)  # replaces the CLI with kopf (container entrypoint)
 
 
 if __name__ == "__main__":

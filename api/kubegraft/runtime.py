@@ -67,7 +67,9 @@ class TrainingProgress(ApiModel):
     stage_epochs: int = Field(0, ge=0, description="Maximum epochs of the current stage.")
     completed_epochs: int = Field(0, ge=0, description="Epochs finished over all stages.")
     total_epochs: int = Field(0, ge=0, description="Maximum epochs over all stages.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest epoch metrics and test metrics.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Latest epoch metrics and test metrics."
+    )
     images: ImageCounts = Field(default_factory=ImageCounts, description="Image counts by split.")
     images_per_second: float | None = Field(None, ge=0, description="Training throughput of the last epoch.")
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of the run.")

@@ -5,15 +5,16 @@ Everything else derives from these models: the CRD's OpenAPI schema (`kubegraft.
 become `kubectl explain` text; defaults and bounds become schema defaults and bounds; `__cel_rules__` become
 `x-kubernetes-validations`.
 
-Manifests use camelCase (the aliases); Python code uses snake_case attributes. Validation accepts aliases only,
-so a snake_case key in a manifest is an unknown field, exactly as the API server sees it.
+Manifests use camelCase (the aliases); Python code uses snake_case attributes. Validation accepts aliases
+only, so a snake_case key in a manifest is an unknown field, exactly as the API server sees it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from kubegraft.rules import CelRule, RuleCheckedModel
@@ -103,12 +104,25 @@ class ApiModel(RuleCheckedModel):
     )
 
 
+def _unique(items: list[Any] | None) -> list[Any] | None:
+    """Reject duplicates in an `x-kubernetes-list-type: set` list, as the API server does."""
+    if items is not None:
+        seen: set[Any] = set()
+        for item in items:
+            if item in seen:
+                raise ValueError(f"duplicate value {item!r}: items must be unique")
+            seen.add(item)
+    return items
+
+
 class EarlyStopping(ApiModel):
     """Stop a stage when its monitored metric stops improving, and keep the best epoch's weights."""
 
     enabled: bool = Field(True, description="Stop early and restore the best epoch's weights. Default true.")
     monitor: Monitor = Field("val_accuracy", description="Metric to watch. Default val_accuracy.")
-    patience: int = Field(3, ge=0, le=1000, description="Epochs without improvement before stopping. Default 3.")
+    patience: int = Field(
+        3, ge=0, le=1000, description="Epochs without improvement before stopping. Default 3."
+    )
     min_delta: float = Field(
         0.0, ge=0, le=1, description="Smallest change that counts as an improvement. Default 0."
     )
@@ -147,14 +161,19 @@ class Stage(ApiModel):
         min_length=1,
         max_length=40,
         pattern=DNS_LABEL_PATTERN,
-        description="Stage name, unique within the job (lowercase letters, digits and '-'), e.g. head, finetune.",
+        description=(
+            "Stage name, unique within the job (lowercase letters, digits and '-'), e.g. head, finetune."
+        ),
     )
-    trainable: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
+    trainable: Annotated[
+        int | Annotated[str, Field(max_length=8)],
+        Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    ] = Field(
         0,
         description=(
-            "Backbone layers trained in this stage, counted from the top: 0 trains only the head (backbone "
-            "frozen), N unfreezes the last N layers, 'all' the whole backbone. BatchNormalization layers stay "
-            "in inference mode. Default 0."
+            "Backbone layers trained in this stage, counted from the top: 0 trains only the head "
+            "(backbone frozen), N unfreezes the last N layers, 'all' the whole backbone. "
+            "BatchNormalization layers stay in inference mode. Default 0."
         ),
     )
     epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs for this stage. Default 10.")
@@ -206,8 +225,8 @@ class ModelSpec(ApiModel):
         max_length=1024,
         pattern=WEIGHTS_PATTERN,
         description=(
-            "imagenet (downloaded by Keras), none (train from scratch), or the URI (s3://, file:// or a path) "
-            "of a saved backbone without its top (.keras) or of a weights file for the named backbone."
+            "imagenet (downloaded by Keras), none (train from scratch), or the URI (s3://, file:// or a "
+            "path) of a saved backbone without its top (.keras) or of a weights file for the named backbone."
         ),
     )
     head: Head = Field(default_factory=Head, description="The classification head put on the backbone.")
@@ -252,7 +271,10 @@ class DatasetSpec(ApiModel):
         pattern=r"^[^\s:]+$",
         description="With layout manifest: the CSV's path relative to uri, e.g. labels.csv.",
     )
-    classes: list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^/\s][^/]*$")]] | None = Field(
+    classes: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^/\s][^/]*$")]] | None,
+        AfterValidator(_unique),
+    ] = Field(
         None,
         min_length=2,
         max_length=10000,
@@ -260,17 +282,25 @@ class DatasetSpec(ApiModel):
         description="Subset and order of the classes to learn; default: every class found, sorted by name.",
     )
     validation_split: float = Field(
-        0.15, gt=0, lt=1, description="Fraction held out for validation (stratified, from seed). Default 0.15."
+        0.15,
+        gt=0,
+        lt=1,
+        description="Fraction held out for validation (stratified, from seed). Default 0.15.",
     )
     test_split: float = Field(
-        0.15, ge=0, lt=1, description="Fraction held out for the final test (stratified, from seed). Default 0.15."
+        0.15,
+        ge=0,
+        lt=1,
+        description="Fraction held out for the final test (stratified, from seed). Default 0.15.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the split and of training. Default 42.")
     image_size: int = Field(
         224,
         ge=MIN_IMAGE_SIZE,
         le=MAX_IMAGE_SIZE,
-        description="Square side in pixels images are resized to. Default 224. See model.backbone for minimums.",
+        description=(
+            "Square side in pixels images are resized to. Default 224. See model.backbone for minimums."
+        ),
     )
 
 
@@ -282,7 +312,9 @@ class Augmentation(ApiModel):
     rotation: float = Field(0.0, ge=0, le=180, description="Maximum rotation in degrees. Default 0.")
     zoom: float = Field(0.0, ge=0, lt=1, description="Maximum zoom in or out, as a fraction. Default 0.")
     shear: float = Field(0.0, ge=0, lt=1, description="Maximum shear, as a fraction. Default 0.")
-    brightness: float = Field(0.0, ge=0, le=1, description="Maximum brightness change, as a fraction. Default 0.")
+    brightness: float = Field(
+        0.0, ge=0, le=1, description="Maximum brightness change, as a fraction. Default 0."
+    )
     contrast: float = Field(0.0, ge=0, le=1, description="Maximum contrast change, as a fraction. Default 0.")
 
     @property
@@ -303,8 +335,8 @@ class OutputSpec(ApiModel):
         pattern=STORAGE_URI_PATTERN,
         description="Model repository: each run publishes <uri>/<n>/ as TF Serving and KServe expect.",
     )
-    formats: list[OutputFormat] = Field(
-        default_factory=lambda: ["savedmodel"],
+    formats: Annotated[list[OutputFormat], AfterValidator(_unique)] = Field(
+        default_factory=lambda: list[OutputFormat](["savedmodel"]),
         min_length=1,
         max_length=3,
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -315,7 +347,9 @@ class OutputSpec(ApiModel):
 class SecretRef(ApiModel):
     """A Secret in the TransferJob's own namespace holding S3 credentials (never copied anywhere)."""
 
-    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    name: str = Field(
+        ..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
+    )
     access_key_id_key: str = Field(
         "AWS_ACCESS_KEY_ID", min_length=1, max_length=253, description="Key holding the access key id."
     )
@@ -335,7 +369,10 @@ class StorageSpec(ApiModel):
         "auto", description="S3 addressing style; auto uses path style with a custom endpoint. Default auto."
     )
     secret_ref: SecretRef | None = Field(
-        None, description="Secret with credentials; omit to use the pod's cloud identity (IRSA, workload identity)."
+        None,
+        description=(
+            "Secret with credentials; omit to use the pod's cloud identity (IRSA, workload identity)."
+        ),
     )
 
 
@@ -343,12 +380,14 @@ class ResourcesSpec(ApiModel):
     """Compute for the training pod."""
 
     gpus: int = Field(1, ge=0, le=16, description="GPUs (nvidia.com/gpu by default). Default 1.")
-    cpu: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
-        "4", description="CPU request and limit (a Kubernetes quantity). Default 4."
-    )
-    memory: Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})] = Field(
-        "16Gi", description="Memory request and limit (a Kubernetes quantity). Default 16Gi."
-    )
+    cpu: Annotated[
+        int | Annotated[str, Field(max_length=64)],
+        Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    ] = Field("4", description="CPU request and limit (a Kubernetes quantity). Default 4.")
+    memory: Annotated[
+        int | Annotated[str, Field(max_length=64)],
+        Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    ] = Field("16Gi", description="Memory request and limit (a Kubernetes quantity). Default 16Gi.")
 
     __cel_rules__ = (
         CelRule(
@@ -358,7 +397,9 @@ class ResourcesSpec(ApiModel):
             check=lambda r: _quantity_ok(r.cpu),
         ),
         CelRule(
-            rule="type(self.memory) == int ? self.memory > 0 : self.memory.matches('" + QUANTITY_PATTERN + "')",
+            rule="type(self.memory) == int ? self.memory > 0 : self.memory.matches('"
+            + QUANTITY_PATTERN
+            + "')",
             message="memory must be a Kubernetes quantity such as 16Gi or 512Mi",
             field_path=".memory",
             check=lambda r: _quantity_ok(r.memory),
@@ -367,8 +408,6 @@ class ResourcesSpec(ApiModel):
 
 
 def _quantity_ok(value: int | str) -> bool:
-    import re
-
     if isinstance(value, int):
         return value > 0
     return re.fullmatch(QUANTITY_PATTERN.strip("^$"), value) is not None
@@ -412,7 +451,9 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the finished Job (not the model) after this many seconds."
     )
-    suspend: bool = Field(False, description="Suspend the run (stops its pods); false resumes it. Default false.")
+    suspend: bool = Field(
+        False, description="Suspend the run (stops its pods); false resumes it. Default false."
+    )
 
 
 class TransferJobSpec(ApiModel):
@@ -433,12 +474,16 @@ class TransferJobSpec(ApiModel):
         ),
         CelRule(
             rule=(
-                "!(self.model.backbone in ['InceptionV3', 'InceptionResNetV2']) || self.dataset.imageSize >= 75"
+                "!(self.model.backbone in ['InceptionV3', 'InceptionResNetV2']) || "
+                "self.dataset.imageSize >= 75"
             ),
-            message="dataset.imageSize must be at least 75 for the InceptionV3 and InceptionResNetV2 backbones",
+            message=(
+                "dataset.imageSize must be at least 75 for the InceptionV3 and InceptionResNetV2 backbones"
+            ),
             field_path=".dataset.imageSize",
-            check=lambda s: s.model.backbone not in ("InceptionV3", "InceptionResNetV2")
-            or s.dataset.image_size >= 75,
+            check=lambda s: (
+                s.model.backbone not in ("InceptionV3", "InceptionResNetV2") or s.dataset.image_size >= 75
+            ),
         ),
         CelRule(
             rule=(
@@ -450,7 +495,9 @@ class TransferJobSpec(ApiModel):
                 "fine-tune (trainable > 0 or 'all')"
             ),
             field_path=".stages",
-            check=lambda s: s.classifier != "linear" or s.stages is None or all(st.trains_backbone for st in s.stages),
+            check=lambda s: (
+                s.classifier != "linear" or s.stages is None or all(st.trains_backbone for st in s.stages)
+            ),
         ),
     )
 
@@ -468,23 +515,31 @@ class TransferJobSpec(ApiModel):
     classifier: Literal["softmax", "linear"] = Field(
         "softmax",
         description=(
-            "softmax: the head in model.head trained by the stages. linear: a multinomial logistic regression "
-            "fit on cached bottleneck features (fastest), exported in the same serving model; later stages "
-            "may fine-tune it with the backbone."
+            "softmax: the head in model.head trained by the stages. linear: a multinomial logistic "
+            "regression fit on cached bottleneck features (fastest), exported in the same serving model; "
+            "later stages may fine-tune it with the backbone."
         ),
     )
     augmentation: Augmentation = Field(
         default_factory=Augmentation, description="Training-time augmentation; all off by default."
     )
     output: OutputSpec = Field(..., description="Where models are published.")
-    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object storage endpoint and credentials.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, CPU and memory of the pod.")
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, description="Object storage endpoint and credentials."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPUs, CPU and memory of the pod."
+    )
     workers: int = Field(
         1, ge=1, le=1, description="Training pods. Only 1 in v1alpha1; multi-worker training is planned."
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
-    image: str = Field("", max_length=1024, description="Trainer image override; empty uses the operator's default.")
-    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL and suspend.")
+    image: str = Field(
+        "", max_length=1024, description="Trainer image override; empty uses the operator's default."
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retries, deadline, TTL and suspend."
+    )
 
     def resolved_stages(self) -> list[Stage]:
         """The stages to run: the spec's own, or the documented default for the classifier."""
@@ -510,13 +565,22 @@ class TransferJobSpec(ApiModel):
 class ObjectMeta(ApiModel):
     """The metadata fields kubegraft reads; everything else Kubernetes puts there is kept as is."""
 
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, validate_by_alias=True, validate_by_name=False)
+    model_config = ConfigDict(
+        extra="allow", alias_generator=to_camel, validate_by_alias=True, validate_by_name=False
+    )
 
     name: str | None = Field(None, max_length=253)
     generate_name: str | None = None
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def effective_name(self) -> str:
+        """The name the API server will store: `name`, or `generateName` plus its five random characters."""
+        if self.name is not None:
+            return self.name
+        return f"{self.generate_name}xxxxx" if self.generate_name else ""
 
 
 class TransferJob(ApiModel):
@@ -530,12 +594,23 @@ class TransferJob(ApiModel):
                 "derived from it fit"
             ),
             field_path=".metadata.name",
-            check=lambda t: t.metadata.name is None or len(t.metadata.name) <= MAX_NAME_LENGTH,
+            check=lambda t: len(t.metadata.effective_name) <= MAX_NAME_LENGTH,
+        ),
+        CelRule(
+            rule=f"self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+            message=(
+                "metadata.name must be a DNS label (lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit): it names the run's Jobs and Services"
+            ),
+            field_path=".metadata.name",
+            check=lambda t: (
+                re.fullmatch(DNS_LABEL_PATTERN.strip("^$"), t.metadata.effective_name) is not None
+            ),
         ),
     )
 
-    api_version: Literal["kubegraft.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["TransferJob"] = KIND
+    api_version: Literal["kubegraft.io/v1alpha1"] = Field("kubegraft.io/v1alpha1", alias="apiVersion")
+    kind: Literal["TransferJob"] = "TransferJob"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: TransferJobSpec
     status: dict[str, Any] | None = None

@@ -6,9 +6,9 @@ Conditions are the source of truth (Kubernetes API conventions, kstatus-compatib
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from kubegraft.spec import ApiModel
 
@@ -38,6 +38,15 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(None, ge=0, description="The spec generation this describes.")
 
 
+def _unique_types(conditions: list[Condition]) -> list[Condition]:
+    """Reject two conditions of one type (`x-kubernetes-list-map-keys: [type]`), as the API server does."""
+    types = [condition.type for condition in conditions]
+    duplicates = sorted({t for t in types if types.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate condition types: {', '.join(duplicates)}")
+    return conditions
+
+
 class ImageCounts(ApiModel):
     """How many images each split holds, and how many were skipped as unreadable."""
 
@@ -56,7 +65,8 @@ class TransferJobStatus(ApiModel):
     epoch: int | None = Field(None, ge=0, description="Epoch within the stage.")
     total_epochs: int | None = Field(None, ge=0, description="Maximum epochs over all stages.")
     metrics: dict[str, float] = Field(
-        default_factory=dict, description="Latest metrics: loss, accuracy, val_loss, val_accuracy, test_accuracy, ..."
+        default_factory=dict,
+        description="Latest metrics: loss, accuracy, val_loss, val_accuracy, test_accuracy, ...",
     )
     images: ImageCounts | None = Field(None, description="Image counts by split.")
     recipe: str | None = Field(None, description="The training recipe in short form (chosen or given).")
@@ -64,8 +74,10 @@ class TransferJobStatus(ApiModel):
     job_name: str | None = Field(None, description="The batch/v1 Job running the current run.")
     start_time: str | None = Field(None, description="When the current run started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the current run finished (RFC 3339).")
-    observed_generation: int | None = Field(None, ge=0, description="The spec generation this status describes.")
-    conditions: list[Condition] = Field(
+    observed_generation: int | None = Field(
+        None, ge=0, description="The spec generation this status describes."
+    )
+    conditions: Annotated[list[Condition], AfterValidator(_unique_types)] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         description="Ready, Reconciling, Stalled, Succeeded, Failed, Suspended.",

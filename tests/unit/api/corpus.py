@@ -1,0 +1,151 @@
+"""The manifests the API tests share: the invalid corpus, the examples and valid variants of a minimal job."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+INVALID_DIR = Path(__file__).resolve().parent / "invalid"
+EXAMPLES_DIR = REPO / "manifests" / "examples"
+CRD_FILES = (
+    REPO / "manifests" / "crd" / "kubegraft.io_transferjobs.yaml",
+    REPO / "charts" / "kubegraft" / "crds" / "kubegraft.io_transferjobs.yaml",
+)
+
+MINIMAL: dict[str, Any] = {
+    "apiVersion": "kubegraft.io/v1alpha1",
+    "kind": "TransferJob",
+    "metadata": {"name": "flowers"},
+    "spec": {"dataset": {"uri": "s3://datasets/flowers/"}, "output": {"uri": "s3://models/flowers/"}},
+}
+
+
+@dataclass(frozen=True)
+class InvalidCase:
+    """One file of the invalid corpus and the field path its first line says must be named."""
+
+    path: Path
+    expect: str
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+        return loaded
+
+
+def invalid_cases() -> list[InvalidCase]:
+    """Every tests/unit/api/invalid/*.yaml with its `# expect: <path>` header."""
+    cases = []
+    for path in sorted(INVALID_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        if not first.startswith("# expect: "):
+            raise ValueError(f"{path.name}: first line must be '# expect: <field path>'")
+        cases.append(InvalidCase(path, first.removeprefix("# expect: ").strip()))
+    return cases
+
+
+def example_files() -> list[Path]:
+    """The documented example manifests."""
+    return sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+
+def names(path: str, errors: list[Any]) -> bool:
+    """Whether some error is at `path` or inside it (a list item or a child field)."""
+    return any(e.path == path or e.path.startswith((f"{path}[", f"{path}.")) for e in errors)
+
+
+def _variant(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    manifest = copy.deepcopy(MINIMAL)
+    change(manifest)
+    return manifest
+
+
+def _spec(**fields: Any) -> Callable[[dict[str, Any]], object]:
+    return lambda m: m["spec"].update(fields)
+
+
+def _dataset(**fields: Any) -> Callable[[dict[str, Any]], object]:
+    return lambda m: m["spec"]["dataset"].update(fields)
+
+
+# Valid manifests near the edges of each rule: both validation paths must accept every one.
+VALID_VARIANTS: dict[str, dict[str, Any]] = {
+    "minimal": copy.deepcopy(MINIMAL),
+    "generate-name": _variant(lambda m: m.update(metadata={"generateName": "flowers-"})),
+    "name-52-chars": _variant(lambda m: m["metadata"].update(name="a" * 52)),
+    "namespace-labels-annotations": _variant(
+        lambda m: m["metadata"].update(namespace="ml", labels={"team": "vision"}, annotations={"a": "b"})
+    ),
+    "nulls-are-pruned": _variant(_spec(stages=None, storage={"endpoint": None, "secretRef": None})),
+    "trainable-all": _variant(_spec(stages=[{"name": "all", "trainable": "all"}])),
+    "momentum-with-sgd": _variant(_spec(stages=[{"name": "a", "optimizer": "sgd", "momentum": 0.9}])),
+    "momentum-with-rmsprop": _variant(_spec(stages=[{"name": "a", "optimizer": "rmsprop", "momentum": 0}])),
+    "weight-decay-with-adamw": _variant(
+        _spec(stages=[{"name": "a", "optimizer": "adamw", "weightDecay": 0.01}])
+    ),
+    "integer-learning-rate": _variant(_spec(stages=[{"name": "a", "learningRate": 1}])),
+    "integer-splits": _variant(_dataset(testSplit=0)),
+    "splits-just-below-one": _variant(_dataset(validationSplit=0.5, testSplit=0.49)),
+    "manifest-layout": _variant(_dataset(layout="manifest", manifest="labels.csv")),
+    "xception-at-71": _variant(
+        lambda m: (
+            m["spec"].update(model={"backbone": "Xception"}),
+            m["spec"]["dataset"].update(imageSize=71),
+        )
+    ),
+    "inception-at-75": _variant(
+        lambda m: (
+            m["spec"].update(model={"backbone": "InceptionV3"}),
+            m["spec"]["dataset"].update(imageSize=75),
+        )
+    ),
+    "linear-without-stages": _variant(_spec(classifier="linear")),
+    "linear-then-finetune": _variant(_spec(classifier="linear", stages=[{"name": "ft", "trainable": 20}])),
+    "cpu-as-integer": _variant(_spec(resources={"cpu": 4, "memory": 17179869184})),
+    "cpu-millicores": _variant(_spec(resources={"cpu": "500m", "memory": "512Mi", "gpus": 0})),
+    "file-and-plain-paths": _variant(
+        lambda m: m["spec"].update(
+            dataset={"uri": "file:///data/flowers"}, output={"uri": "out/models"}, model={"weights": "none"}
+        )
+    ),
+    "weights-from-s3": _variant(_spec(model={"weights": "s3://models/backbones/resnet50-notop.keras"})),
+    "classes-subset": _variant(_dataset(classes=["tulips", "roses", "daisy"])),
+    "head-without-hidden-layers": _variant(_spec(model={"head": {"hidden": []}})),
+    "scheduling": _variant(
+        _spec(
+            scheduling={
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"anything": [{"goes": 1}]}},
+                "queueName": "team-a",
+            }
+        )
+    ),
+    "storage-endpoint-and-secret": _variant(
+        _spec(storage={"endpoint": "http://minio.storage:9000", "secretRef": {"name": "s3"}, "region": "x"})
+    ),
+    "status-written-by-operator": _variant(
+        lambda m: m.update(
+            status={
+                "phase": "Running",
+                "stage": "head",
+                "epoch": 3,
+                "metrics": {"val_accuracy": 0.91, "loss": 1},
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "Training",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            }
+        )
+    ),
+}
