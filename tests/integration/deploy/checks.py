@@ -1,0 +1,130 @@
+"""Checks shared by the kustomize manifests and the Helm chart: restricted pods, minimal RBAC, selectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+
+# The operator's permissions, exactly (brief: least privilege; a new verb must be argued for here).
+NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
+    ("kubegraft.io", "transferjobs"): {"get", "list", "watch", "patch", "update"},
+    ("kubegraft.io", "transferjobs/status"): {"patch", "update"},
+    ("batch", "jobs"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/status"): {"get"},
+    ("", "configmaps"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+}
+CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+}
+CLUSTER_PEERING_RULES: dict[tuple[str, str], set[str]] = {
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+}
+
+
+def granted(rules: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs, flattened from RBAC rules."""
+    result: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                result.setdefault((group, resource), set()).update(rule["verbs"])
+    return result
+
+
+def restricted_pod_problems(pod_spec: Mapping[str, Any]) -> list[str]:
+    """Departures from the restricted Pod Security Standard plus a read-only root filesystem."""
+    problems: list[str] = []
+    pod_sc = pod_spec.get("securityContext", {})
+    if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("pod seccompProfile is not RuntimeDefault")
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        sc = container.get("securityContext", {})
+        name = container["name"]
+        if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot is not set")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: root filesystem is writable")
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{name}: capabilities are not dropped (drop: [ALL])")
+        if sc.get("capabilities", {}).get("add"):
+            problems.append(f"{name}: adds capabilities")
+        if "livenessProbe" not in container or "readinessProbe" not in container:
+            problems.append(f"{name}: missing liveness or readiness probe")
+        resources = container.get("resources", {})
+        if not resources.get("requests") or not resources.get("limits", {}).get("memory"):
+            problems.append(f"{name}: no resource requests or memory limit")
+        image = container["image"]
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            problems.append(f"{name}: image {image} is not pinned")
+    return problems
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels + matchExpressions) selects `labels`."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+    return True
+
+
+def env_of(container: Mapping[str, Any]) -> dict[str, str]:
+    """A container's literal environment variables."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def by_kind(documents: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The documents of one kind."""
+    return [d for d in documents if d["kind"] == kind]
+
+
+def one(documents: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The single document of `kind`."""
+    found = by_kind(documents, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def operator_command(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, str]]:
+    """What the image's entrypoint `kubegraft operator <args>` would exec: (kopf argv, environment).
+
+    Runs the real CLI with `os.execve` replaced by a recorder, so the Deployment's args are parsed exactly as
+    in the container; an unknown option fails the CLI.
+    """
+    from typer.testing import CliRunner
+
+    from kubegraft.cli import app
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def record(path: str, argv: list[str], env: dict[str, str]) -> None:
+        calls.append((list(argv), dict(env)))
+
+    monkeypatch.setattr(os, "execve", record)
+    result = CliRunner().invoke(app, ["operator", *args])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    return calls[0]
