@@ -31,14 +31,18 @@ def _sections(text: str) -> dict[str, str]:
 def main() -> int:
     names = sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
     wanted = [n for n in os.environ.get("BENCH", "").split(",") if n] or names
-    sections = _sections(DOC.read_text()) if DOC.exists() else {}
     for name in wanted:
         started = time.monotonic()
         print(f"== bench {name}", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
-        sections[name] = module.run().rstrip() + "\n\n"
+        section = module.run().rstrip() + "\n\n"
         print(f"== bench {name} done in {time.monotonic() - started:.0f} s", flush=True)
-        DOC.write_text(HEADER + "\n" + "".join(_MARK.format(k) + "\n" + v for k, v in sorted(sections.items())))
+        # Re-read just before writing, so benchmarks run concurrently don't drop each other's sections.
+        sections = _sections(DOC.read_text()) if DOC.exists() else {}
+        sections[name] = section
+        DOC.write_text(
+            HEADER + "\n" + "".join(_MARK.format(k) + "\n" + v for k, v in sorted(sections.items()))
+        )
     return 0
 
 

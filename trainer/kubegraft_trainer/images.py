@@ -1,0 +1,97 @@
+"""Image decoding shared by training and serving, so a served prediction sees exactly the trained pixels.
+
+`decode_and_resize` is the one decode path: `pipeline.make_dataset` maps it over fetched bytes, and the
+exporter calls it inside the serving signature. It returns raw RGB pixels (float32, 0..255); the model holds
+the backbone's ``preprocess_input`` as a layer. `is_decodable` is the cheap host-side check the loader runs
+once per object to skip empty, truncated or non-image files before they reach TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = ["DECODABLE_FORMATS", "decode_and_resize", "is_decodable"]
+
+# Formats Pillow recognises that tf.io.decode_image also decodes (MPO: multi-picture JPEG from cameras).
+DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+# TensorFlow's BMP decoder reads 8-bit grayscale, 24-bit and 32-bit pixels only.
+_BMP_MODES = frozenset({"L", "RGB", "RGBA"})
+_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
+
+
+def decode_and_resize(encoded: tf.Tensor, image_size: int, box: tf.Tensor | None = None) -> tf.Tensor:
+    """Decode one encoded image to RGB, crop it to ``box``, and resize it to a square.
+
+    JPEG, PNG, BMP, GIF (first frame) and WebP are read; grayscale, RGBA and palette images become RGB.
+
+    Args:
+        encoded: A scalar ``tf.string`` holding the file's bytes.
+        image_size: Side of the square output in pixels.
+        box: Optional int ``[xmin, ymin, xmax, ymax]`` in pixels (max exclusive), clipped to the image; a box
+            without area (e.g. all zeros) keeps the whole image.
+
+    Returns:
+        A float32 tensor ``[image_size, image_size, 3]`` with values in 0..255, not preprocessed.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    if box is not None:
+        image = _crop(image, tf.cast(box, tf.int32))
+    resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.clip_by_value(tf.cast(resized, tf.float32), 0.0, 255.0)
+
+
+def _crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    xmin = tf.clip_by_value(box[0], 0, width - 1)
+    ymin = tf.clip_by_value(box[1], 0, height - 1)
+    xmax = tf.clip_by_value(box[2], xmin + 1, width)
+    ymax = tf.clip_by_value(box[3], ymin + 1, height)
+    has_area = tf.logical_and(box[2] > box[0], box[3] > box[1])
+    xmin, ymin = tf.where(has_area, xmin, 0), tf.where(has_area, ymin, 0)
+    xmax, ymax = tf.where(has_area, xmax, width), tf.where(has_area, ymax, height)
+    return image[ymin:ymax, xmin:xmax, :]
+
+
+def is_decodable(data: bytes) -> bool:
+    """Whether ``data`` is a complete image that `decode_and_resize` can read.
+
+    Runs Pillow on the host: empty, truncated, non-image, unsupported (e.g. TIFF, 1-bit BMP) and absurdly
+    large images are refused. JPEGs are decoded at reduced scale, so the check stays cheap.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        True if the image decodes fully.
+    """
+    if not data:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in DECODABLE_FORMATS:
+                    return False
+                if image.format == "BMP" and image.mode not in _BMP_MODES:
+                    return False
+                if image.width * image.height > _MAX_PIXELS or min(image.size) < 1:
+                    return False
+                if image.format in ("JPEG", "MPO"):
+                    image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except Exception:  # Pillow's plugins raise assorted errors (OSError, SyntaxError, ...) on hostile input
+        return False
+    return True
