@@ -1010,11 +1010,12 @@ class EnrichedEmulator(kmock.KubernetesEmulator):
             meta.pop("deletionTimestamp", None)
         new["apiVersion"], new["kind"] = ref.api_version, ref.kind
         _fold_string_data(ref, new)
-        if new.get("spec") != old.get("spec"):
-            meta["generation"] = int(old_meta.get("generation", 1)) + 1
         if subresource is None:
             new = self._admit(ref, old, new)
             meta = new["metadata"]
+        # Compared after admission defaulting, as the API server does: re-applying the same spec is a no-op.
+        if new.get("spec") != old.get("spec"):
+            meta["generation"] = int(old_meta.get("generation", 1)) + 1
         if new == {**old, "metadata": {**old["metadata"]}}:
             return old  # no-op writes keep the resourceVersion and send no event
         key = (old_meta.get("namespace"), old_meta["name"])

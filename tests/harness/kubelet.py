@@ -45,9 +45,11 @@ import contextlib
 import datetime
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
+import socket
 import string
 import threading
 import time
@@ -56,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from kubegraft.runtime import PROGRESS_PORT
 
 JsonObj = dict[str, Any]
 ImagePredicate = Callable[[str], bool]
@@ -684,9 +688,11 @@ class TestKubelet:
                 self._used_ips.discard(runtime.ip)
 
     def _allocate_ip(self) -> str:
-        for n in range(2, 255):
-            ip = f"127.0.0.{n}"
-            if ip not in self._used_ips:
+        """A loopback address no other pod (of this or a concurrent test cluster) is serving progress on."""
+        rng = random.Random()
+        for _ in range(1000):
+            ip = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
+            if ip not in self._used_ips and _port_free(ip, PROGRESS_PORT):
                 self._used_ips.add(ip)
                 return ip
         raise RuntimeError("no free loopback address for a pod")
@@ -1147,3 +1153,13 @@ def _failure_policy_action(policy: JsonObj | None, pod: JsonObj) -> tuple[str, s
                     )
                     return action, message
     return "Count", ""
+
+
+def _port_free(ip: str, port: int) -> bool:
+    """Whether `ip:port` can be bound (no other pod's progress server holds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True

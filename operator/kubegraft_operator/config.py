@@ -1,0 +1,97 @@
+"""The operator's own settings, read once from the environment (the `kubegraft operator` command sets them).
+
+Everything that differs between clusters lives here, not in the TransferJob: the default trainer image, the
+command the trainer container runs (so tests and e2e runs can swap in a stand-in), the GPU resource name and
+the metrics port. `rendering` and `reconcile` receive an `OperatorConfig`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ENV_TRAINER_IMAGE = "KUBEGRAFT_TRAINER_IMAGE"
+ENV_TRAINER_COMMAND = "KUBEGRAFT_TRAINER_COMMAND"
+ENV_IMAGE_COMMANDS = "KUBEGRAFT_IMAGE_COMMANDS"
+ENV_GPU_RESOURCE = "KUBEGRAFT_GPU_RESOURCE"
+ENV_IMAGE_PULL_POLICY = "KUBEGRAFT_IMAGE_PULL_POLICY"
+ENV_SERVICE_ACCOUNT = "KUBEGRAFT_TRAINER_SERVICE_ACCOUNT"
+ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
+ENV_PROGRESS_INTERVAL = "KUBEGRAFT_PROGRESS_INTERVAL"
+ENV_PEERING_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubegraft/trainer:0.1.0"
+DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("kubegraft", "train")
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_METRICS_PORT = 8080
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Cluster-specific settings of the operator.
+
+    Attributes:
+        trainer_image: image used when a TransferJob leaves `spec.image` empty.
+        trainer_command: the trainer container's command (default `kubegraft train`).
+        image_commands: per-image command overrides (image -> argv); they win over `trainer_command`.
+        gpu_resource: the extended resource name GPUs are requested as.
+        image_pull_policy: the trainer container's imagePullPolicy.
+        service_account: the trainer pod's ServiceAccount (cloud identities); empty: the default.
+        metrics_port: where /metrics and /readyz are served.
+        progress_interval: seconds between /progress polls of a running trainer.
+        progress_timeout: seconds one /progress poll may take.
+    """
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    trainer_command: tuple[str, ...] = DEFAULT_TRAINER_COMMAND
+    image_commands: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str = ""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    progress_interval: float = 5.0
+    progress_timeout: float = 2.0
+
+    def command_for(self, image: str) -> list[str]:
+        """The container command for trainer `image`: its configured override, else the default."""
+        return list(self.image_commands.get(image, self.trainer_command))
+
+
+def _argv(raw: str, name: str) -> tuple[str, ...]:
+    value = json.loads(raw)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a non-empty JSON array of strings, got {raw!r}")
+    return tuple(value)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Read the `OperatorConfig` from environment variables (defaults for those unset).
+
+    Args:
+        env: the environment to read; `os.environ` when None.
+
+    Raises:
+        ValueError: a variable is set to something unusable (the operator refuses to start).
+    """
+    env = os.environ if env is None else env
+    commands: dict[str, tuple[str, ...]] = {}
+    if raw := env.get(ENV_IMAGE_COMMANDS, ""):
+        mapping = json.loads(raw)
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{ENV_IMAGE_COMMANDS} must be a JSON object of image -> argv")
+        commands = {str(k): _argv(json.dumps(v), ENV_IMAGE_COMMANDS) for k, v in mapping.items()}
+    command = DEFAULT_TRAINER_COMMAND
+    if raw := env.get(ENV_TRAINER_COMMAND, ""):
+        command = _argv(raw, ENV_TRAINER_COMMAND)
+    return OperatorConfig(
+        trainer_image=env.get(ENV_TRAINER_IMAGE) or DEFAULT_TRAINER_IMAGE,
+        trainer_command=command,
+        image_commands=commands,
+        gpu_resource=env.get(ENV_GPU_RESOURCE) or DEFAULT_GPU_RESOURCE,
+        image_pull_policy=env.get(ENV_IMAGE_PULL_POLICY) or "IfNotPresent",
+        service_account=env.get(ENV_SERVICE_ACCOUNT, ""),
+        metrics_port=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
+        progress_interval=float(env.get(ENV_PROGRESS_INTERVAL) or 5.0),
+    )

@@ -1,0 +1,182 @@
+"""Small, immutable views of the Jobs and Pods the operator watches, kept in kopf's in-memory indices.
+
+`main`'s index handlers call `observe_job` / `observe_pod` on every watch event; `planning` reads the views.
+Keeping only these few fields (not whole bodies) holds memory flat at thousands of TransferJobs, and makes
+planning's inputs easy to build in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubegraft_operator.rendering import (
+    ANNOTATION_GENERATION,
+    ANNOTATION_SPEC_HASH,
+    CONTAINER_NAME,
+    LABEL_RUN,
+    LABEL_TRANSFERJOB,
+)
+
+
+@dataclass(frozen=True)
+class JobCondition:
+    """One condition of a batch/v1 Job (Complete, Failed, Suspended, ...)."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What planning needs to know about one run's Job."""
+
+    name: str
+    transferjob: str
+    run: int
+    owner_uids: tuple[str, ...] = ()
+    spec_hash: str = ""
+    generation: int = 0
+    suspend: bool = False
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    conditions: tuple[JobCondition, ...] = ()
+    start_time: str | None = None
+    completion_time: str | None = None
+    deleting: bool = False
+
+    def condition(self, type_: str) -> JobCondition | None:
+        """The Job condition of type `type_` if it is True."""
+        for condition in self.conditions:
+            if condition.type == type_ and condition.status == "True":
+                return condition
+        return None
+
+    @property
+    def outcome(self) -> str | None:
+        """Succeeded or Failed once the Job controller decided (Complete/Failed condition), else None."""
+        if self.condition("Complete") is not None:
+            return "Succeeded"
+        if self.condition("Failed") is not None:
+            return "Failed"
+        return None
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """The terminated state of the trainer container."""
+
+    exit_code: int
+    reason: str = ""
+    message: str = ""
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What planning needs to know about one trainer pod."""
+
+    name: str
+    transferjob: str
+    run: int
+    created: str = ""
+    phase: str = "Pending"
+    pod_ip: str | None = None
+    unschedulable: str | None = None  # the scheduler's message when PodScheduled is False/Unschedulable
+    waiting_reason: str | None = None
+    waiting_message: str = ""
+    running: bool = False
+    terminated: Terminated | None = None
+    deleting: bool = False
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def observe_job(body: Mapping[str, Any]) -> JobView:
+    """The `JobView` of a Job body (as kopf delivers it)."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = body.get("status") or {}
+    return JobView(
+        name=meta.get("name", ""),
+        transferjob=labels.get(LABEL_TRANSFERJOB, ""),
+        run=_int(labels.get(LABEL_RUN)),
+        owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+        spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
+        generation=_int(annotations.get(ANNOTATION_GENERATION)),
+        suspend=bool((body.get("spec") or {}).get("suspend", False)),
+        active=_int(status.get("active")),
+        succeeded=_int(status.get("succeeded")),
+        failed=_int(status.get("failed")),
+        conditions=tuple(
+            JobCondition(
+                type=c.get("type", ""),
+                status=c.get("status", ""),
+                reason=c.get("reason") or "",
+                message=c.get("message") or "",
+                last_transition_time=c.get("lastTransitionTime"),
+            )
+            for c in status.get("conditions") or []
+        ),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def observe_pod(body: Mapping[str, Any]) -> PodView:
+    """The `PodView` of a trainer Pod body (its `trainer` container's state)."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    status = body.get("status") or {}
+    unschedulable = None
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            unschedulable = condition.get("message") or "no node fits the pod"
+    waiting_reason, waiting_message, running, terminated = None, "", False, None
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") != CONTAINER_NAME:
+            continue
+        state = container.get("state") or {}
+        if "waiting" in state:
+            waiting_reason = state["waiting"].get("reason")
+            waiting_message = state["waiting"].get("message") or ""
+        if "running" in state:
+            running = True
+        if "terminated" in state:
+            t = state["terminated"]
+            terminated = Terminated(
+                exit_code=_int(t.get("exitCode"), -1),
+                reason=t.get("reason") or "",
+                message=t.get("message") or "",
+                finished_at=t.get("finishedAt"),
+            )
+    return PodView(
+        name=meta.get("name", ""),
+        transferjob=labels.get(LABEL_TRANSFERJOB, ""),
+        run=_int(labels.get(LABEL_RUN)),
+        created=meta.get("creationTimestamp") or "",
+        phase=status.get("phase") or "Pending",
+        pod_ip=status.get("podIP"),
+        unschedulable=unschedulable,
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        running=running,
+        terminated=terminated,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )

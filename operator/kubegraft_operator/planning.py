@@ -1,0 +1,516 @@
+"""Pure planning: from a TransferJob and what is observed of its children, what to do and what to report.
+
+Called by `reconcile`, which observes (kopf indices, the trainer's /progress) and acts (`kube`). Two steps:
+
+1. `plan_run` decides which run is current and which actions bring the cluster there: create the run's
+   Job, stop Jobs of older runs, patch `spec.suspend`. The run rule (documented in docs/operator.md):
+   a run is identified by the digest of the spec without `runPolicy.suspend` (`rendering.spec_hash`). The
+   current run is the newest observed Job when its digest matches the spec; else the run recorded in the
+   TransferJob's annotations when its digest matches; else a new run numbered one past every run seen.
+   So a re-applied identical spec and a suspend-only change keep the run; any other spec change starts
+   the next.
+   A crash between "create Job" and "record the run" re-derives the same number, and 409 says it exists.
+2. `derive_status` turns the observations into the status (phase, conditions, progress fields) and the
+   Kubernetes Events that explain it; `status_patch` keeps writes to what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubegraft.runtime import ExitCode, FailureReason, TrainingProgress
+from kubegraft.spec import TransferJobSpec
+from kubegraft.status import ConditionType
+from kubegraft_operator.conditions import DesiredCondition, merge
+from kubegraft_operator.observation import JobView, PodView, Terminated
+from kubegraft_operator.rendering import job_name, spec_hash
+
+ANNOTATION_RUN = "kubegraft.io/run"
+ANNOTATION_RUN_SPEC_HASH = "kubegraft.io/run-spec-hash"
+ANNOTATION_RUN_GENERATION = "kubegraft.io/run-generation"
+ANNOTATION_FINISHED_RUN = "kubegraft.io/finished-run"
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+MAX_MESSAGE = 1024
+
+
+class Reason:
+    """CamelCase reasons the operator puts on conditions and Events (the trainer adds its FailureReasons)."""
+
+    JOB_CREATED = "JobCreated"
+    STARTING = "Starting"
+    TRAINING = "Training"
+    QUEUED = "Queued"
+    SUSPENDED = "Suspended"
+    RESUMING = "Resuming"
+    SUCCEEDED = "Succeeded"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+    OOM_KILLED = "OOMKilled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    ATTEMPT_FAILED = "AttemptFailed"
+    JOB_FAILED = "JobFailed"
+    RUN_STOPPED = "RunStopped"
+    JOB_MISSING = "JobMissing"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The current run and the actions that bring the cluster to it.
+
+    Attributes:
+        run: the current run number.
+        generation: the metadata.generation the run was started for.
+        spec_hash: the spec digest (without runPolicy.suspend) of the run.
+        job: the current run's observed Job, if any.
+        create: whether the run's Job (and its ConfigMap) must be created.
+        stop: Jobs of other runs still running, to delete.
+        suspend: the value to patch into the Job's spec.suspend, or None for no patch.
+        finished_without_job: the run finished and its Job is gone (TTL): nothing to create, status stays.
+        annotations: the kubegraft.io/ annotations the TransferJob must carry.
+    """
+
+    run: int
+    generation: int
+    spec_hash: str
+    job: JobView | None
+    create: bool
+    stop: tuple[JobView, ...] = ()
+    suspend: bool | None = None
+    finished_without_job: bool = False
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def job_name(self) -> str | None:
+        """Name of the current run's Job, known once a run exists."""
+        return self.job.name if self.job is not None else None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def owned_jobs(transferjob: Mapping[str, Any], jobs: Iterable[JobView]) -> list[JobView]:
+    """The Jobs owned by this TransferJob (same uid), so a re-created namesake never adopts old Jobs."""
+    uid = transferjob["metadata"].get("uid", "")
+    return [j for j in jobs if uid in j.owner_uids]
+
+
+def plan_run(
+    transferjob: Mapping[str, Any], jobs: Iterable[JobView], desired_suspend: bool | None
+) -> RunPlan:
+    """Decide the current run of `transferjob` and the actions to get there (see the module docstring).
+
+    Args:
+        transferjob: the TransferJob body (metadata with annotations, generation and uid; spec; status).
+        jobs: the Jobs observed for it (any run); Jobs owned by another uid are ignored.
+        desired_suspend: `rendering.desired_suspend` of the spec (True, False, or None = Kueue decides).
+    """
+    meta = transferjob["metadata"]
+    annotations = meta.get("annotations") or {}
+    status = transferjob.get("status") or {}
+    generation = _int(meta.get("generation"), 1)
+    digest = spec_hash(transferjob["spec"])
+    mine = owned_jobs(transferjob, jobs)
+    latest = max(mine, key=lambda j: j.run, default=None)
+    recorded_run = _int(annotations.get(ANNOTATION_RUN))
+    if latest is not None and latest.spec_hash == digest and latest.run >= recorded_run:
+        run, run_generation = latest.run, latest.generation or generation
+    elif recorded_run and annotations.get(ANNOTATION_RUN_SPEC_HASH) == digest:
+        run, run_generation = recorded_run, _int(annotations.get(ANNOTATION_RUN_GENERATION), generation)
+    else:
+        run, run_generation = max(recorded_run, latest.run if latest else 0) + 1, generation
+    current = next((j for j in mine if j.run == run and not j.deleting), None)
+    finished = annotations.get(ANNOTATION_FINISHED_RUN) == str(run) or (
+        status.get("run") == run and status.get("phase") in TERMINAL_PHASES
+    )
+    finished_without_job = current is None and finished
+    stop = tuple(j for j in mine if j.run != run and j.outcome is None and not j.deleting)
+    suspend = None
+    if current is not None and current.outcome is None and desired_suspend is not None:
+        suspend = desired_suspend if current.suspend != desired_suspend else None
+    wanted = {
+        ANNOTATION_RUN: str(run),
+        ANNOTATION_RUN_SPEC_HASH: digest,
+        ANNOTATION_RUN_GENERATION: str(run_generation),
+    }
+    if (current is not None and current.outcome is not None) or finished:
+        wanted[ANNOTATION_FINISHED_RUN] = str(run)
+    elif ANNOTATION_FINISHED_RUN in annotations:
+        wanted[ANNOTATION_FINISHED_RUN] = ""
+    return RunPlan(
+        run=run,
+        generation=run_generation,
+        spec_hash=digest,
+        job=current,
+        create=current is None and not finished_without_job,
+        stop=stop,
+        suspend=suspend,
+        finished_without_job=finished_without_job,
+        annotations=wanted,
+    )
+
+
+def annotations_patch(transferjob: Mapping[str, Any], plan: RunPlan) -> dict[str, str | None]:
+    """The metadata.annotations merge patch recording `plan`'s run, or {} when already recorded."""
+    have = transferjob["metadata"].get("annotations") or {}
+    patch: dict[str, str | None] = {}
+    for key, value in plan.annotations.items():
+        if value == "":
+            if key in have:
+                patch[key] = None
+        elif have.get(key) != value:
+            patch[key] = value
+    return patch
+
+
+def parse_termination_message(message: str) -> tuple[TrainingProgress | None, str]:
+    """The trainer's final `TrainingProgress` from a termination message, and a plain-text fallback.
+
+    The trainer writes compact JSON; with FallbackToLogsOnError the kubelet may put the log tail there
+    instead, which is returned (shortened) as text for the condition message.
+    """
+    text = message.strip()
+    if not text:
+        return None, ""
+    try:
+        return TrainingProgress.model_validate(json.loads(text)), ""
+    except (ValueError, ValidationError):
+        return None, text[-MAX_MESSAGE:]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A Kubernetes Event to post on the TransferJob; `key` makes it once per distinct cause."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The one-line state of the run: phase, reason, message, and whether it is stuck."""
+
+    phase: str
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """The status to write and the Events that explain changes."""
+
+    status: dict[str, Any]
+    summary: Summary
+    events: tuple[EventSpec, ...]
+    progress: TrainingProgress | None
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def _latest(pods: Sequence[PodView]) -> PodView | None:
+    live = [p for p in pods if not p.deleting] or list(pods)
+    return max(live, key=lambda p: (p.created, p.name), default=None)
+
+
+def _last_terminated(pods: Sequence[PodView]) -> tuple[PodView, Terminated] | None:
+    done = [(p, p.terminated) for p in pods if p.terminated is not None]
+    if not done:
+        return None
+    pod, term = max(done, key=lambda pt: (pt[1].finished_at or "", pt[0].created, pt[0].name))
+    return pod, term
+
+
+def _failure_text(term: Terminated) -> tuple[str, str]:
+    """(reason, message) of one failed attempt: the trainer's own, else the kubelet's, else the exit code."""
+    final, text = parse_termination_message(term.message)
+    if term.reason == "OOMKilled":
+        return Reason.OOM_KILLED, "the trainer was killed for exceeding its memory limit (OOMKilled)"
+    if final is not None and final.reason:
+        return final.reason, final.message or f"the trainer failed with {final.reason}"
+    if term.exit_code == ExitCode.INVALID:
+        return FailureReason.INVALID_SPEC, text or "the trainer rejected the spec or the data (exit code 78)"
+    detail = f": {text}" if text else ""
+    return Reason.ATTEMPT_FAILED, f"the trainer exited with code {term.exit_code}{detail}"
+
+
+def _failed_summary(spec: TransferJobSpec, job: JobView, run: int, pods: Sequence[PodView]) -> Summary:
+    """Why a Job failed: its deadline, the trainer's own reason, OOMKilled, or the exhausted backoff limit."""
+    condition = job.condition("Failed")
+    job_reason = condition.reason if condition else ""
+    job_message = condition.message if condition else ""
+    limit = spec.run_policy.backoff_limit
+    if job_reason == "DeadlineExceeded":
+        deadline = spec.run_policy.active_deadline_seconds
+        text = f"Run {run} was stopped after runPolicy.activeDeadlineSeconds ({deadline} s). {job_message}"
+        return Summary("Failed", Reason.DEADLINE_EXCEEDED, _short(text), stalled=True)
+    last = _last_terminated(pods)
+    if last is None:
+        reason = job_reason or Reason.JOB_FAILED
+        return Summary("Failed", reason, _short(f"Run {run} failed: {job_message or reason}."), stalled=True)
+    reason, message = _failure_text(last[1])
+    if job_reason == "BackoffLimitExceeded":
+        if reason == Reason.ATTEMPT_FAILED:
+            text = f"Run {run} failed {job.failed} times (backoffLimit {limit}); last attempt: {message}."
+            return Summary("Failed", Reason.BACKOFF_LIMIT_EXCEEDED, _short(text), stalled=True)
+        message = f"{message} (failed {job.failed} times, backoffLimit {limit})"
+    return Summary("Failed", reason, _short(f"Run {run} failed: {message}."), stalled=True)
+
+
+def _suspended_summary(spec: TransferJobSpec, run: int) -> Summary:
+    if spec.run_policy.suspend:
+        text = f"Run {run} is suspended; set spec.runPolicy.suspend to false to resume."
+        return Summary("Suspended", Reason.SUSPENDED, text)
+    if spec.scheduling.queue_name:
+        text = f"Run {run} waits for Kueue to admit it from queue {spec.scheduling.queue_name}."
+        return Summary("Pending", Reason.QUEUED, text)
+    return Summary("Pending", Reason.RESUMING, f"Run {run} is resuming.")
+
+
+def _stuck_summary(spec: TransferJobSpec, pod: PodView) -> Summary | None:
+    """Why a pending pod does not start (scheduling, image pull, missing Secret); None if just not yet."""
+    if pod.unschedulable:
+        text = f"The trainer pod cannot be scheduled: {pod.unschedulable}"
+        return Summary("Pending", Reason.UNSCHEDULABLE, _short(text), stalled=True)
+    if pod.waiting_reason in IMAGE_PULL_REASONS:
+        image = spec.image or "the trainer image"
+        text = f"Cannot pull {image}: {pod.waiting_message or pod.waiting_reason}"
+        return Summary("Pending", Reason.IMAGE_PULL_FAILED, _short(text), stalled=True)
+    if pod.waiting_reason == "CreateContainerConfigError":
+        detail = pod.waiting_message or "the container configuration is invalid"
+        if "secret" in detail.lower():
+            text = f"The storage Secret is missing: {detail}"
+            return Summary("Pending", Reason.SECRET_NOT_FOUND, _short(text), stalled=True)
+        return Summary("Pending", Reason.CONTAINER_CONFIG_ERROR, _short(detail), stalled=True)
+    return None
+
+
+def summarize(
+    spec: TransferJobSpec,
+    plan: RunPlan,
+    pods: Sequence[PodView],
+    progress: TrainingProgress | None,
+) -> Summary:
+    """The run's phase, reason and message from its Job, its pods (this run's) and the trainer's progress."""
+    job, run = plan.job, plan.run
+    if job is None:
+        return Summary("Pending", Reason.JOB_CREATED, f"Creating the Job of run {run}.")
+    if job.outcome == "Succeeded":
+        return Summary("Succeeded", Reason.SUCCEEDED, f"Run {run} succeeded.")
+    if job.outcome == "Failed":
+        return _failed_summary(spec, job, run, pods)
+    if job.suspend:
+        return _suspended_summary(spec, run)
+    pod = _latest(pods)
+    last = _last_terminated(pods)
+    retry_note = ""
+    if last is not None and job.failed > 0 and last[0] is not pod:
+        reason, message = _failure_text(last[1])
+        retry_note = (
+            f" Retrying after {job.failed} failed attempt(s) (backoffLimit {spec.run_policy.backoff_limit});"
+            f" last: {reason}: {message}."
+        )
+    if pod is not None and pod.running and pod.terminated is None:
+        return Summary("Running", Reason.TRAINING, _short(_progress_message(run, progress) + retry_note))
+    stuck = _stuck_summary(spec, pod) if pod is not None else None
+    if stuck is not None:
+        return stuck
+    return Summary("Pending", Reason.STARTING, _short(f"Run {run} is starting.{retry_note}"))
+
+
+def _progress_message(run: int, progress: TrainingProgress | None) -> str:
+    if progress is None or progress.state in ("starting", "loading"):
+        return f"Run {run} is running: the trainer is loading data."
+    if progress.state == "exporting":
+        return f"Run {run} is exporting the model."
+    stage = progress.stage or "?"
+    return (
+        f"Run {run} is training stage {stage}, epoch {progress.epoch}/{progress.stage_epochs} "
+        f"({progress.completed_epochs}/{progress.total_epochs} epochs overall)."
+    )
+
+
+def desired_conditions(summary: Summary) -> list[DesiredCondition]:
+    """The six conditions of a summary (kstatus: Reconciling while under way, Stalled when stuck/failed)."""
+    phase, reason, message = summary.phase, summary.reason, summary.message
+    active = phase in ("Pending", "Running")
+    return [
+        DesiredCondition(ConditionType.READY, phase == "Succeeded", reason, message),
+        DesiredCondition(ConditionType.RECONCILING, active, reason, message),
+        DesiredCondition(ConditionType.STALLED, summary.stalled, reason, message if summary.stalled else ""),
+        DesiredCondition(ConditionType.SUCCEEDED, phase == "Succeeded", reason, message),
+        DesiredCondition(ConditionType.FAILED, phase == "Failed", reason, message),
+        DesiredCondition(
+            ConditionType.SUSPENDED, phase == "Suspended", reason, message if phase == "Suspended" else ""
+        ),
+    ]
+
+
+# Routine steps that need no Event of their own (creating the Job posts JobCreated already).
+_QUIET_REASONS = frozenset({Reason.JOB_CREATED, Reason.STARTING})
+
+_PROGRESS_FIELDS = ("stage", "epoch", "totalEpochs", "metrics", "images", "recipe", "modelUri")
+
+
+def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "stage": progress.stage,
+        "epoch": progress.epoch,
+        "totalEpochs": progress.total_epochs or None,
+        "metrics": dict(progress.metrics) or None,
+        "images": progress.images.model_dump(by_alias=True) if progress.images.train else None,
+        "recipe": progress.recipe,
+        "modelUri": progress.model_uri,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _event_type(summary: Summary) -> str:
+    return "Warning" if summary.stalled or summary.phase == "Failed" else "Normal"
+
+
+def _kept_status(previous: Mapping[str, Any], generation: int, now: str) -> StatusResult:
+    """The status of a finished run whose Job is gone (TTL): as it was, re-stamped with the generation."""
+    conditions = previous.get("conditions") or []
+    status = dict(previous)
+    status["observedGeneration"] = generation
+    status["conditions"] = merge(
+        conditions,
+        [
+            DesiredCondition(c["type"], c["status"] == "True", c["reason"], c.get("message", ""))
+            for c in conditions
+        ],
+        generation=generation,
+        now=now,
+    )
+    return StatusResult(status, Summary(str(previous.get("phase")), _ready_reason(previous), ""), (), None)
+
+
+def _events(
+    previous: Mapping[str, Any], plan: RunPlan, summary: Summary, pods: Sequence[PodView]
+) -> list[EventSpec]:
+    """Events for a changed cause (phase/reason/run) and for each failed attempt of a run still going on."""
+    events: list[EventSpec] = []
+    changed = (previous.get("phase"), _ready_reason(previous), previous.get("run")) != (
+        summary.phase,
+        summary.reason,
+        plan.run,
+    )
+    if changed and summary.reason not in _QUIET_REASONS:
+        key = f"run{plan.run}/{summary.phase}/{summary.reason}"
+        events.append(EventSpec(_event_type(summary), summary.reason, summary.message, key=key))
+    if plan.job is not None and plan.job.outcome is None:
+        for pod in pods:
+            if pod.terminated is not None and pod.terminated.exit_code != 0:
+                reason, message = _failure_text(pod.terminated)
+                text = _short(f"Pod {pod.name} of run {plan.run} failed: {message}.")
+                events.append(EventSpec("Warning", reason, text, key=pod.name))
+    return events
+
+
+def derive_status(
+    transferjob: Mapping[str, Any],
+    plan: RunPlan,
+    pods: Iterable[PodView],
+    progress: TrainingProgress | None,
+    now: str,
+    *,
+    spec: TransferJobSpec | None = None,
+) -> StatusResult:
+    """The status for the current run and the Events explaining what changed since the previous status.
+
+    Args:
+        transferjob: the TransferJob body; its `status` is the previous status.
+        plan: `plan_run`'s decision (current run and its Job).
+        pods: the observed pods of the TransferJob (other runs' pods are ignored).
+        progress: the trainer's live /progress, when it was polled.
+        now: RFC 3339 time of this observation.
+        spec: the already parsed `transferjob["spec"]`, if the caller has it (parsed here otherwise).
+    """
+    spec = spec if spec is not None else TransferJobSpec.model_validate(dict(transferjob["spec"]))
+    previous = dict(transferjob.get("status") or {})
+    generation = _int(transferjob["metadata"].get("generation"), 1)
+    run_pods = [p for p in pods if p.run == plan.run]
+    same_run = previous.get("run") == plan.run
+    if plan.finished_without_job and same_run:
+        return _kept_status(previous, generation, now)
+    summary = summarize(spec, plan, run_pods, progress)
+    status: dict[str, Any] = {k: previous[k] for k in _PROGRESS_FIELDS if same_run and k in previous}
+    last = _last_terminated(run_pods)
+    final = None
+    if summary.phase in TERMINAL_PHASES and last is not None:
+        final, _ = parse_termination_message(last[1].message)
+    for source in (progress, final):
+        if source is not None:
+            status.update(_progress_fields(source))
+    if summary.phase == "Succeeded" and status.get("modelUri"):
+        summary = replace(summary, message=f"{summary.message[:-1]}: published {status['modelUri']}.")
+    job = plan.job
+    start = (job.start_time if job is not None else None) or (previous.get("startTime") if same_run else None)
+    completion = None
+    if job is not None and summary.phase in TERMINAL_PHASES:
+        failed = job.condition("Failed")
+        completion = job.completion_time or (failed.last_transition_time if failed else None) or now
+    status.update(
+        {
+            "phase": summary.phase,
+            "run": plan.run,
+            "jobName": job_name(transferjob["metadata"]["name"], plan.run),
+            "observedGeneration": generation,
+            "conditions": merge(
+                previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
+            ),
+        }
+    )
+    if start:
+        status["startTime"] = start
+    if completion:
+        status["completionTime"] = completion
+    events = _events(previous, plan, summary, run_pods)
+    return StatusResult(status, summary, tuple(events), progress or final)
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == ConditionType.READY:
+            return str(condition.get("reason", ""))
+    return ""
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new` (nulls delete; lists are replaced)."""
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif value != before or key not in old:
+            patch[key] = value
+    return patch
+
+
+def status_patch(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status merge patch, or {} when nothing changed (the operator writes status only on change)."""
+    return merge_patch(previous or {}, status)

@@ -1,0 +1,246 @@
+"""Reconcile one TransferJob: observe -> plan -> act -> report, safe to run any number of times.
+
+Called by every handler in `main` (create, update, resume, timers, and watch events of the TransferJob's Jobs
+and Pods). It reads its observations from kopf's in-memory indices (passed in by `main`) and, for running
+trainers, their /progress; it asks `planning` what to do, does it through `kube`, and writes the status
+(only when it changed), the run bookkeeping annotations and the Events that explain the status.
+
+Reconciles of one TransferJob are serialised by a per-object lock; different TransferJobs run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kubegraft.runtime import TrainingProgress
+from kubegraft.spec import TransferJobSpec
+from kubegraft_operator import metrics, planning, rendering
+from kubegraft_operator.config import OperatorConfig
+from kubegraft_operator.errors import InvalidSpecError
+from kubegraft_operator.kube import Kube, configmap_path, job_path, transferjob_path
+from kubegraft_operator.observation import JobView, PodView, observe_job
+from kubegraft_operator.progress_client import ProgressClient
+
+MAX_EVENT_KEYS = 64
+
+
+def now_rfc3339() -> str:
+    """The current time as Kubernetes writes it (RFC 3339, seconds, Z)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a TransferJob body reconcile needs (kept in kopf's index for Job and Pod events)."""
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+@dataclass
+class _Written:
+    """What this process last wrote to a TransferJob (the only writer of status and run annotations)."""
+
+    status: dict[str, Any] | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reconciler:
+    """Per-process reconcile state: settings, API access, the progress client, locks and write caches."""
+
+    config: OperatorConfig
+    kube: Kube
+    progress: ProgressClient
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _written: dict[str, _Written] = field(default_factory=dict)
+
+    def forget(self, uid: str) -> None:
+        """Drop what is cached about a deleted TransferJob."""
+        self._locks.pop(uid, None)
+        self._written.pop(uid, None)
+
+    def _fresh(self, transferjob: Mapping[str, Any]) -> dict[str, Any]:
+        """The body with this process's own last writes laid over it (the watch may lag behind them)."""
+        body = snapshot(transferjob)
+        written = self._written.get(body["metadata"]["uid"])
+        if written is not None:
+            if written.status is not None:
+                body["status"] = written.status
+            annotations = body["metadata"]["annotations"]
+            for key, value in written.annotations.items():
+                if value:
+                    annotations[key] = value
+                else:
+                    annotations.pop(key, None)
+        return body
+
+    async def reconcile(
+        self,
+        transferjob: Mapping[str, Any],
+        jobs: Iterable[JobView],
+        pods: Iterable[PodView],
+        *,
+        poll: bool = False,
+        patch: kopf.Patch | None = None,
+    ) -> None:
+        """Bring one TransferJob's children and status in line with its spec (see the module docstring).
+
+        Args:
+            transferjob: the TransferJob body (from a handler or the index).
+            jobs: the observed Jobs labelled with its name.
+            pods: the observed trainer Pods labelled with its name.
+            poll: also read the trainer's /progress (the running-job timer sets it).
+            patch: kopf's patch of this TransferJob when called from its own handler: the run annotations
+                ride along with kopf's own bookkeeping patch (one request instead of two).
+
+        Raises:
+            kopf.TemporaryError: the API failed in a way worth retrying.
+            kopf.PermanentError: the spec cannot be rendered, or the API refuses the request.
+        """
+        uid = transferjob["metadata"]["uid"]
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        started = time.perf_counter()
+        async with lock:
+            try:
+                if transferjob["metadata"].get("deletionTimestamp"):
+                    return
+                await self._reconcile(
+                    self._fresh(transferjob), list(jobs), list(pods), poll=poll, patch=patch
+                )
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                raise
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+
+    async def _reconcile(
+        self,
+        tj: dict[str, Any],
+        jobs: list[JobView],
+        pods: list[PodView],
+        *,
+        poll: bool,
+        patch: kopf.Patch | None,
+    ) -> None:
+        # Observe + plan.
+        try:
+            spec = rendering.parse_spec(tj["spec"])
+        except InvalidSpecError as exc:
+            raise kopf.PermanentError(f"spec cannot be rendered into a Job: {exc}") from exc
+        plan = planning.plan_run(tj, jobs, rendering.desired_suspend(spec))
+        # Act.
+        plan = await self._act(tj, plan, spec)
+        # Observe the trainer itself.
+        progress = None
+        polled_at = time.time()
+        if poll:
+            pod = next(
+                (p for p in pods if p.run == plan.run and p.running and p.pod_ip and not p.deleting), None
+            )
+            if pod is not None and pod.pod_ip:
+                progress = await self.progress.fetch(pod.pod_ip)
+        # Report.
+        phase = await self._report(tj, spec, plan, pods, progress, patch=patch)
+        if progress is not None and phase == "Running":
+            metrics.record_progress(tj["metadata"]["namespace"], tj["metadata"]["name"], progress, polled_at)
+
+    async def _act(
+        self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec
+    ) -> planning.RunPlan:
+        """Stop older runs, create this run's children, (un)suspend; return the plan as it now stands."""
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        written = self._written.setdefault(tj["metadata"]["uid"], _Written())
+        for old in plan.stop:
+            await self.kube.delete(job_path(namespace, old.name), f"Job {namespace}/{old.name}")
+            cm = rendering.configmap_name(name, old.run)
+            await self.kube.delete(configmap_path(namespace, cm), f"ConfigMap {namespace}/{cm}")
+            message = (
+                f"Stopped Job {old.name} of run {old.run}: the spec changed; run {plan.run} replaces it."
+            )
+            self._event(tj, written, "Normal", planning.Reason.RUN_STOPPED, message, key=f"stop/{old.name}")
+        if plan.create:
+            await self.kube.create(configmap_path(namespace), rendering.render_configmap(tj, plan.run))
+            job = rendering.render_job(tj, plan.run, plan.generation, self.config, spec)
+            if await self.kube.create(job_path(namespace), job):
+                metrics.RUNS_STARTED.inc()
+                message = f"Created Job {job['metadata']['name']} for run {plan.run}."
+                self._event(
+                    tj, written, "Normal", planning.Reason.JOB_CREATED, message, key=f"create/{plan.run}"
+                )
+            plan = replace(plan, job=observe_job(job), create=False)
+        if plan.suspend is not None and plan.job is not None:
+            await self.kube.patch(
+                job_path(namespace, plan.job.name),
+                {"spec": {"suspend": plan.suspend}},
+                f"Job {plan.job.name}",
+            )
+            plan = replace(plan, job=replace(plan.job, suspend=plan.suspend), suspend=None)
+        return plan
+
+    async def _report(
+        self,
+        tj: dict[str, Any],
+        spec: TransferJobSpec,
+        plan: planning.RunPlan,
+        pods: list[PodView],
+        progress: TrainingProgress | None,
+        *,
+        patch: kopf.Patch | None,
+    ) -> str:
+        """Write the status (only when changed) and the run annotations; post Events; return the phase."""
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        written = self._written.setdefault(tj["metadata"]["uid"], _Written())
+        previous = tj.get("status") or {}
+        result = planning.derive_status(tj, plan, pods, progress, now_rfc3339(), spec=spec)
+        changes = planning.status_patch(previous, result.status)
+        if changes:
+            path = transferjob_path(namespace, name, "status")
+            await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
+            written.status = result.status
+            if (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
+                metrics.record_outcome(result.summary.phase, result.summary.reason)
+        annotations = planning.annotations_patch(tj, plan)
+        if annotations and patch is not None:
+            # Rides along with kopf's own bookkeeping patch of this TransferJob, applied after the handler.
+            patch.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+        elif annotations:
+            path = transferjob_path(namespace, name)
+            await self.kube.patch(
+                path, {"metadata": {"annotations": annotations}}, f"TransferJob {name} annotations"
+            )
+        written.annotations.update({k: v or "" for k, v in annotations.items()})
+        for event in result.events:
+            self._event(tj, written, event.type, event.reason, event.message, key=event.key)
+        metrics.record_phase(namespace, name, result.summary.phase)
+        return result.summary.phase
+
+    def _event(
+        self, tj: Mapping[str, Any], written: _Written, type_: str, reason: str, message: str, *, key: str
+    ) -> None:
+        """Post an Event once per distinct cause (`key`) within this process."""
+        if key in written.events:
+            return
+        written.events.append(key)
+        del written.events[:-MAX_EVENT_KEYS]
+        self.kube.post_event(tj, type_, reason, message)

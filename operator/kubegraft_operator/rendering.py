@@ -1,0 +1,297 @@
+"""Pure rendering of a TransferJob run into its children: the batch/v1 Job and the spec ConfigMap.
+
+Called by `reconcile` when a run's Job is missing. Same inputs, same output: names are derived from the
+TransferJob's name and run number only, so a crashed and restarted operator renders the very same Job and
+the API server's 409 tells it the Job is already there. Nothing here reads the cluster or the environment.
+
+The TransferJob's spec travels to the trainer in a ConfigMap (apiVersion, kind, name, namespace and spec;
+never status, never Secret data); S3 credentials travel only as `secretKeyRef`s to the user's own Secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import yaml
+
+from kubegraft import runtime
+from kubegraft.spec import API_VERSION, KIND, TransferJobSpec
+from kubegraft_operator.config import OperatorConfig
+from kubegraft_operator.errors import InvalidSpecError
+
+CONTAINER_NAME = "trainer"
+LABEL_TRANSFERJOB = "kubegraft.io/transferjob"
+LABEL_RUN = "kubegraft.io/run"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_SPEC_HASH = "kubegraft.io/spec-hash"
+ANNOTATION_GENERATION = "kubegraft.io/generation"
+RUN_AS_USER = 1000
+SPEC_VOLUME = "spec"
+SCRATCH_VOLUME = "scratch"
+TMP_VOLUME = "tmp"
+TMP_DIR = "/tmp"  # an emptyDir mounted in the pod
+
+
+# libyaml's emitter when PyYAML has it: the pure-Python one costs ~20 ms a manifest, most of a reconcile.
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def job_name(transferjob: str, run: int) -> str:
+    """The Job of run `run` of `transferjob`: `<name>-<run>` (deterministic: creates are idempotent)."""
+    return f"{transferjob}-{run}"
+
+
+def configmap_name(transferjob: str, run: int) -> str:
+    """The ConfigMap holding run `run`'s TransferJob manifest: `<name>-<run>-spec`."""
+    return f"{job_name(transferjob, run)}-spec"
+
+
+def run_id(uid: str, generation: int) -> str:
+    """The run identity the trainer names its checkpoints after: `<uid>-g<generation>`."""
+    return f"{uid}-g{generation}"
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A digest of the spec that decides whether a new run is needed: everything except `runPolicy.suspend`.
+
+    Suspending and resuming a run is not a new run, so `runPolicy.suspend` is left out; every other field
+    (dataset, model, stages, resources, image, deadlines, ...) changes what the run would do or how, and a
+    change to it starts the next run. Key order does not matter (canonical JSON).
+    """
+    stripped = {k: v for k, v in spec.items() if k != "runPolicy"}
+    policy = {k: v for k, v in (spec.get("runPolicy") or {}).items() if k != "suspend"}
+    if policy:
+        stripped["runPolicy"] = policy
+    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def labels(transferjob: str, run: int) -> dict[str, str]:
+    """The labels of a run's Job, pod template and ConfigMap (app.kubernetes.io set + kubegraft's)."""
+    return {
+        "app.kubernetes.io/name": "kubegraft-trainer",
+        "app.kubernetes.io/instance": transferjob,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": "kubegraft-operator",
+        "app.kubernetes.io/part-of": "kubegraft",
+        LABEL_TRANSFERJOB: transferjob,
+        LABEL_RUN: str(run),
+    }
+
+
+def parse_spec(spec: Mapping[str, Any]) -> TransferJobSpec:
+    """The typed spec, or `InvalidSpecError` with pydantic's explanation (admission prevents this)."""
+    try:
+        return TransferJobSpec.model_validate(dict(spec))
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc)) from exc
+
+
+def desired_suspend(spec: TransferJobSpec) -> bool | None:
+    """What the Job's `spec.suspend` must be now; None leaves it to Kueue.
+
+    `runPolicy.suspend: true` always suspends. Without it, a Job in a Kueue queue is Kueue's to unsuspend
+    when it admits the workload (the operator must not fight it), and any other Job runs.
+    """
+    if spec.run_policy.suspend:
+        return True
+    if spec.scheduling.queue_name:
+        return None
+    return False
+
+
+def render_configmap(transferjob: Mapping[str, Any], run: int) -> dict[str, Any]:
+    """The ConfigMap `<name>-<run>-spec`: the TransferJob manifest the trainer reads (no status/secrets)."""
+    meta = transferjob["metadata"]
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": transferjob["spec"],
+    }
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(meta["name"], run),
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"], run),
+        },
+        "data": {runtime.SPEC_FILE_NAME: yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)},
+    }
+    kopf.adopt(body, owner=transferjob)  # type: ignore[arg-type]
+    return body
+
+
+def _env(spec: TransferJobSpec, uid: str, generation: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": runtime.ENV_SPEC_PATH, "value": f"{runtime.SPEC_MOUNT_DIR}/{runtime.SPEC_FILE_NAME}"},
+        {"name": runtime.ENV_RUN_ID, "value": run_id(uid, generation)},
+        {"name": runtime.ENV_PROGRESS_PORT, "value": str(runtime.PROGRESS_PORT)},
+        {"name": runtime.ENV_TERMINATION_LOG, "value": runtime.TERMINATION_LOG},
+        {"name": runtime.ENV_SCRATCH_DIR, "value": runtime.SCRATCH_DIR},
+        # The root filesystem is read-only: everything that writes under $HOME or $TMPDIR goes to emptyDirs.
+        {"name": "HOME", "value": runtime.SCRATCH_DIR},
+        {"name": "TMPDIR", "value": TMP_DIR},
+    ]
+    secret = spec.storage.secret_ref
+    if secret is not None:
+        # References only: the kubelet reads the user's Secret; its values never pass through the operator.
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    return env
+
+
+def _resources(spec: TransferJobSpec, gpu_resource: str) -> dict[str, Any]:
+    amounts: dict[str, str] = {"cpu": str(spec.resources.cpu), "memory": str(spec.resources.memory)}
+    if spec.resources.gpus > 0:
+        amounts[gpu_resource] = str(spec.resources.gpus)
+    # Requests equal limits: a training pod gets the Guaranteed QoS class and is evicted last.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # The trainer exits 78 when the spec or the data is wrong: retrying cannot help.
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    "values": [int(runtime.ExitCode.INVALID)],
+                },
+            },
+            # Preemption, eviction and node drains are not the trainer's fault: they do not use up retries.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def render_job(
+    transferjob: Mapping[str, Any],
+    run: int,
+    generation: int,
+    config: OperatorConfig,
+    spec: TransferJobSpec | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job `<name>-<run>` that trains run `run` of `transferjob` (owned by it).
+
+    Args:
+        transferjob: the TransferJob body (metadata name, namespace, uid; spec).
+        run: the run number (1, 2, ...); a new spec generation gets the next one.
+        generation: the metadata.generation the run was started for (it names the run's checkpoints).
+        config: the operator's settings (default image, command, GPU resource name, ...).
+        spec: the already parsed `transferjob["spec"]`, if the caller has it (parsed here otherwise).
+
+    Raises:
+        InvalidSpecError: the spec does not parse as a TransferJobSpec.
+    """
+    meta = transferjob["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    spec = spec if spec is not None else parse_spec(transferjob["spec"])
+    image = spec.image or config.trainer_image
+    run_labels = labels(name, run)
+    job_labels = dict(run_labels)
+    if spec.scheduling.queue_name:
+        job_labels[LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": config.command_for(image),
+        "env": _env(spec, meta["uid"], generation),
+        "ports": [
+            {"name": runtime.PROGRESS_PORT_NAME, "containerPort": runtime.PROGRESS_PORT, "protocol": "TCP"}
+        ],
+        "resources": _resources(spec, config.gpu_resource),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": runtime.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": SPEC_VOLUME, "mountPath": runtime.SPEC_MOUNT_DIR, "readOnly": True},
+            {"name": SCRATCH_VOLUME, "mountPath": runtime.SCRATCH_DIR},
+            {"name": TMP_VOLUME, "mountPath": TMP_DIR},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are the Job's (backoffLimit)
+        "automountServiceAccountToken": False,  # the trainer never talks to the Kubernetes API
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": SPEC_VOLUME, "configMap": {"name": configmap_name(name, run)}},
+            {"name": SCRATCH_VOLUME, "emptyDir": {}},
+            {"name": TMP_VOLUME, "emptyDir": {}},
+        ],
+    }
+    scheduling = spec.scheduling
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
+        ]
+    if scheduling.affinity:
+        pod_spec["affinity"] = dict(scheduling.affinity)
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    if config.service_account:
+        pod_spec["serviceAccountName"] = config.service_account
+    policy = spec.run_policy
+    job_spec: dict[str, Any] = {
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": policy.backoff_limit,
+        # Kueue admits a queued Job by unsuspending it, so it is created suspended.
+        "suspend": bool(policy.suspend or scheduling.queue_name),
+        "podFailurePolicy": _pod_failure_policy(),
+        "template": {
+            "metadata": {
+                "labels": dict(run_labels),
+                "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_NAME},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if policy.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    body: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, run),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {
+                ANNOTATION_SPEC_HASH: spec_hash(transferjob["spec"]),
+                ANNOTATION_GENERATION: str(generation),
+            },
+        },
+        "spec": job_spec,
+    }
+    kopf.adopt(body, owner=transferjob)  # type: ignore[arg-type]
+    return body
