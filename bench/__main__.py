@@ -17,8 +17,9 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = (
     "# Benchmarks\n\n"
-    "Produced by `make bench` (all) or `BENCH=<name> make bench` (one section), on the machine named in each\n"
-    "section. Comparisons are side by side in one run, reported as ratios, because these machines are noisy.\n"
+    "Produced by `make bench` (all) or `BENCH=<name> make bench` (one section), on the machine named in\n"
+    "each section. Comparisons are side by side in one run, reported as ratios, because these machines\n"
+    "are noisy.\n"
 )
 _MARK = "<!-- bench:{} -->"
 

@@ -16,5 +16,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
 
+
 # Shared fixtures live next to the harness they drive.
-pytest_plugins = ["tests.harness.s3", "tests.harness.fashion", "tests.harness.backbone", "tests.harness.cluster"]
+pytest_plugins = [
+    "tests.harness.s3",
+    "tests.harness.fashion",
+    "tests.harness.backbone",
+    "tests.harness.cluster",
+]

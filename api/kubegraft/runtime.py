@@ -1,8 +1,8 @@
 """The contract between the operator and the trainer pod, shared by both without importing either.
 
-The operator renders these environment variables, paths and ports into the Job; the trainer reads them, serves
-`GET /progress` (a `TrainingProgress` as JSON) and `GET /metrics` on `PROGRESS_PORT`, exits with an `ExitCode`,
-and writes a compact `TrainingProgress` to the termination message file.
+The operator renders these environment variables, paths and ports into the Job; the trainer reads them,
+serves `GET /progress` (a `TrainingProgress` as JSON) and `GET /metrics` on `PROGRESS_PORT`, exits with an
+`ExitCode`, and writes a compact `TrainingProgress` to the termination message file.
 """
 
 from __future__ import annotations
