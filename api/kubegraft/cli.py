@@ -112,7 +112,7 @@ def run(
     progress_port: Annotated[
         int | None,
         typer.Option(
-            help="Port of /progress and /metrics; 0 picks a free one. Default $KUBEGRAFT_PROGRESS_PORT or 9090."
+            help="Port of /progress and /metrics; 0: any free port. Default $KUBEGRAFT_PROGRESS_PORT or 9090."
         ),
     ] = None,
 ) -> None:

@@ -1,0 +1,87 @@
+"""The progress document, its Prometheus metrics and the termination message."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kubegraft.runtime import TERMINATION_MESSAGE_MAX_BYTES
+from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
+
+
+def _tracker() -> ProgressTracker:
+    tracker = ProgressTracker(out=io.StringIO(), clock=lambda: 1000.0)
+    tracker.set_plan(["head", "finetune"], 8, "MobileNetV2 head -> finetune")
+    tracker.start_stage(0, "head", 3, 0)
+    return tracker
+
+
+def test_epoch_updates_document_gauges_and_prints_one_line() -> None:
+    out = io.StringIO()
+    tracker = ProgressTracker(out=out, clock=lambda: 1000.0)
+    tracker.set_plan(["head", "finetune"], 8, "recipe")
+    tracker.start_stage(0, "head", 3, 0)
+    tracker.end_epoch(1, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75}, 2.0, 100)
+    progress = tracker.snapshot()
+    assert (progress.epoch, progress.completed_epochs, progress.images_per_second) == (1, 1, 50.0)
+    assert progress.eta_seconds == pytest.approx(2.0 * 7)
+    text = tracker.metrics_text().decode()
+    assert 'kubegraft_train_stage_info{stage="head"} 1.0' in text
+    assert "kubegraft_train_val_accuracy 0.75" in text
+    assert "kubegraft_train_last_progress_timestamp_seconds 1000.0" in text
+    assert out.getvalue().count("\n") == 1 and "[head] epoch 1/3" in out.getvalue()
+
+
+def test_stage_change_replaces_the_stage_info_series() -> None:
+    tracker = _tracker()
+    tracker.start_stage(1, "finetune", 5, 0)
+    text = tracker.metrics_text().decode()
+    assert 'stage="finetune"' in text and 'stage="head"' not in text
+
+
+def test_early_stop_removes_unrun_epochs_from_the_total() -> None:
+    tracker = _tracker()
+    tracker.end_epoch(1, {"loss": 1.0}, 1.0, 10)
+    tracker.end_stage(1)
+    assert tracker.snapshot().total_epochs == 6
+
+
+def test_compact_termination_message_fits_the_kubernetes_limit() -> None:
+    tracker = _tracker()
+    tracker.add_metrics({f"class/{'x' * 40}-{i}/f1": 0.5 for i in range(500)})
+    tracker.set_state("failed", reason="TrainingError", message="m" * 10_000)
+    text = tracker.compact_json()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES
+    data = json.loads(text)
+    assert data["state"] == "failed" and data["reason"] == "TrainingError"
+
+
+def test_termination_message_is_written_or_skipped_silently(tmp_path: Path) -> None:
+    tracker = _tracker()
+    target = tmp_path / "termination-log"
+    assert write_termination_message(tracker, str(target))
+    assert json.loads(target.read_text())["stage"] == "head"
+    assert not write_termination_message(tracker, str(tmp_path / "missing-dir" / "log"))
+
+
+def test_server_serves_progress_metrics_and_404() -> None:
+    tracker = _tracker()
+    server = ProgressServer(tracker, port=0, bind="127.0.0.1").start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/progress", timeout=5) as response:
+            assert json.loads(response.read())["stageEpochs"] == 3
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            assert b"kubegraft_train_total_epochs 8.0" in response.read()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{base}/nothing", timeout=5)
+        assert caught.value.code == 404
+        caught.value.close()
+    finally:
+        server.stop()
