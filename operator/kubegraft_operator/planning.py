@@ -330,6 +330,11 @@ def summarize(
         )
     if pod is not None and pod.running and pod.terminated is None:
         return Summary("Running", Reason.TRAINING, _short(_progress_message(run, progress) + retry_note))
+    if pod is not None and pod.terminated is not None and pod.terminated.exit_code == ExitCode.SUCCEEDED:
+        # The trainer is done but the Job controller has not marked the Job Complete yet: still Running,
+        # never back to Pending (phases only move forward within a run).
+        text = f"Run {run} finished training; waiting for its Job to complete."
+        return Summary("Running", Reason.TRAINING, text)
     stuck = _stuck_summary(spec, pod) if pod is not None else None
     if stuck is not None:
         return stuck

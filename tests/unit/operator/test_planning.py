@@ -158,6 +158,12 @@ def test_a_created_job_without_pods_is_pending() -> None:
     assert _condition(result.status, "Stalled")["status"] == "False"
 
 
+def test_a_pod_that_exited_0_before_the_job_completes_stays_running_not_pending() -> None:
+    result = _status(transferjob(), [job(1)], [pod(1, exit_code=0, term_message={"state": "succeeded"})])
+    assert result.status["phase"] == "Running"
+    assert _condition(result.status, "Reconciling")["status"] == "True"
+
+
 def test_a_running_pod_with_progress_is_running_with_stage_epoch_and_metrics() -> None:
     progress = TrainingProgress.model_validate(
         {
