@@ -450,13 +450,25 @@ def _condition(obj: JsonObj, type_: str) -> str:
     return ""
 
 
+def _crd_printer_columns() -> list[tuple[str, Callable[[JsonObj], Any]]]:
+    """The TransferJob CRD's additionalPrinterColumns as kubectl shows them (Age is added to every kind)."""
+    from kubegraft.crd import build_crd
+
+    columns = build_crd()["spec"]["versions"][0].get("additionalPrinterColumns", [])
+
+    def cell(path: str) -> Callable[[JsonObj], Any]:
+        def read(obj: JsonObj) -> Any:
+            value = _dig(obj, path)
+            return "" if value is None else value
+
+        return read
+
+    return [(c["name"].upper(), cell(c["jsonPath"].lstrip("."))) for c in columns if c["name"] != "Age"]
+
+
 # Printer columns beyond NAME and AGE, by plural: (header, function of the object).
 PRINTER_COLUMNS: dict[str, list[tuple[str, Callable[[JsonObj], Any]]]] = {
-    "transferjobs": [
-        ("PHASE", lambda o: o.get("status", {}).get("phase", "")),
-        ("BACKBONE", lambda o: _dig(o, "spec.model.backbone") or ""),
-        ("SUCCEEDED", lambda o: _condition(o, "Succeeded")),
-    ],
+    "transferjobs": _crd_printer_columns(),
     "pods": [
         ("STATUS", lambda o: o.get("status", {}).get("phase", "")),
         ("IP", lambda o: o.get("status", {}).get("podIP", "")),
