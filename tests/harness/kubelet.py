@@ -51,6 +51,7 @@ import shutil
 import signal
 import socket
 import string
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -157,6 +158,19 @@ class TestKubelet:
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.workdir = Path(workdir)
+        # Host paths never rewritten into a pod's volumes (see `_prepare`'s `rewrite`).
+        self._host_roots = tuple(
+            sorted(
+                {
+                    str(Path(sys.prefix).resolve()),
+                    str(Path(sys.prefix)),
+                    str(Path(sys.base_prefix)),
+                    str(Path(__file__).resolve().parents[2]),
+                    str(self.workdir.resolve()),
+                    str(self.workdir),
+                }
+            )
+        )
         self.gpus = gpus
         self.pullable_images: ImagePredicate = pullable_images or (lambda image: True)
         self.pod_env = dict(pod_env or {})
@@ -983,6 +997,10 @@ class TestKubelet:
         mounts.sort(key=lambda m: len(m[0]), reverse=True)
 
         def rewrite(value: str) -> str:
+            if any(value == root or value.startswith(root + "/") for root in self._host_roots):
+                # The node's own files (this interpreter, the project, the kubelet's pod dirs) stay where
+                # they are even when they live under a mount path such as /tmp (pytest, CI clones).
+                return value
             for mount_path, host in mounts:
                 if value == mount_path or value.startswith(mount_path + "/"):
                     return str(host) + value[len(mount_path) :]
