@@ -1031,41 +1031,36 @@ class TestKubelet:
         cwd.mkdir(parents=True, exist_ok=True)
         return env, argv, cwd
 
-    async def _env_value(self, runtime: PodRuntime, var: JsonObj) -> str:  # noqa: PLR0912 - one flat branch per Kubernetes rule reads better than helpers
+    @staticmethod
+    async def _key_ref_value(
+        namespace: str,
+        kind: str,
+        ref: JsonObj,
+        load: Callable[[str, str], Awaitable[dict[str, str]]],
+    ) -> str:
+        """One key of a Secret or ConfigMap, as secretKeyRef and configMapKeyRef read it."""
+        try:
+            data = await load(namespace, ref["name"])
+        except ContainerConfigError:
+            if ref.get("optional"):
+                return ""
+            raise
+        if ref["key"] not in data:
+            if ref.get("optional"):
+                return ""
+            raise ContainerConfigError(f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}")
+        return data[ref["key"]]
+
+    async def _env_value(self, runtime: PodRuntime, var: JsonObj) -> str:
         if "valueFrom" not in var:
             return str(var.get("value", ""))
         source = var["valueFrom"]
         namespace = runtime.namespace
         if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            try:
-                data = await self._secret_data(namespace, ref["name"])
-            except ContainerConfigError:
-                if ref.get("optional"):
-                    return ""
-                raise
-            if ref["key"] not in data:
-                if ref.get("optional"):
-                    return ""
-                raise ContainerConfigError(
-                    f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}"
-                )
-            return data[ref["key"]]
+            return await self._key_ref_value(namespace, "Secret", source["secretKeyRef"], self._secret_data)
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            try:
-                data = await self._configmap_data(namespace, ref["name"])
-            except ContainerConfigError:
-                if ref.get("optional"):
-                    return ""
-                raise
-            if ref["key"] not in data:
-                if ref.get("optional"):
-                    return ""
-                raise ContainerConfigError(
-                    f"couldn't find key {ref['key']} in ConfigMap {namespace}/{ref['name']}"
-                )
-            return data[ref["key"]]
+            return await self._key_ref_value(namespace, "ConfigMap", ref, self._configmap_data)
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             meta = runtime.pod["metadata"]
