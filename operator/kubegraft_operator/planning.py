@@ -372,6 +372,8 @@ def desired_conditions(summary: Summary) -> list[DesiredCondition]:
 # Routine steps that need no Event of their own (creating the Job posts JobCreated already).
 _QUIET_REASONS = frozenset({Reason.JOB_CREATED, Reason.STARTING})
 
+STATUS_METRIC_DIGITS = 4
+
 _PROGRESS_FIELDS = ("stage", "epoch", "totalEpochs", "metrics", "images", "recipe", "modelUri")
 
 
@@ -380,7 +382,8 @@ def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
         "stage": progress.stage,
         "epoch": progress.epoch,
         "totalEpochs": progress.total_epochs or None,
-        "metrics": dict(progress.metrics) or None,
+        # Rounded: the status is for people and printer columns; metrics.json keeps full precision.
+        "metrics": {k: round(v, STATUS_METRIC_DIGITS) for k, v in progress.metrics.items()} or None,
         "images": progress.images.model_dump(by_alias=True) if progress.images.train else None,
         "recipe": progress.recipe,
         "modelUri": progress.model_uri,

@@ -173,7 +173,7 @@ def test_a_running_pod_with_progress_is_running_with_stage_epoch_and_metrics() -
             "stageEpochs": 5,
             "completedEpochs": 2,
             "totalEpochs": 10,
-            "metrics": {"val_accuracy": 0.8},
+            "metrics": {"val_accuracy": 0.8, "loss": 0.6636363863945007},
             "images": {"train": 100, "validation": 20, "test": 20},
             "recipe": "head5+ft5",
         }
@@ -182,7 +182,7 @@ def test_a_running_pod_with_progress_is_running_with_stage_epoch_and_metrics() -
     status = result.status
     assert status["phase"] == "Running"
     assert (status["stage"], status["epoch"], status["totalEpochs"]) == ("head", 2, 10)
-    assert status["metrics"] == {"val_accuracy": 0.8}
+    assert status["metrics"] == {"val_accuracy": 0.8, "loss": 0.6636}
     assert status["images"]["train"] == 100
     assert status["recipe"] == "head5+ft5"
     assert "epoch 2/5" in _condition(status, "Reconciling")["message"]
