@@ -70,6 +70,39 @@ def one_class_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SpecFactory = Callable[..., TransferJobSpec]
 
 
+def build_spec(
+    data: str | Path,
+    weights: str | Path,
+    stages: list[dict[str, Any]] | None,
+    output: dict[str, Any],
+    **overrides: Any,
+) -> TransferJobSpec:
+    """A TransferJobSpec for the tests' 32 px images; dict overrides merge into the defaults' sections."""
+    body: dict[str, Any] = {
+        "dataset": {
+            "uri": str(data),
+            "imageSize": 32,
+            "validationSplit": 0.12,
+            "testSplit": 0.08,
+            "seed": 7,
+        },
+        "model": {
+            "backbone": "MobileNetV2",
+            "weights": str(weights),
+            "head": {"hidden": [64], "dropout": 0.2},
+        },
+        "output": output,
+    }
+    if stages is not None:
+        body["stages"] = stages
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return TransferJobSpec.model_validate(body)
+
+
 @pytest.fixture
 def make_spec(tmp_path: Path) -> SpecFactory:
     """Build a TransferJobSpec for 32 px images: ``make_spec(data, weights, stages=[...], **overrides)``."""
@@ -77,29 +110,7 @@ def make_spec(tmp_path: Path) -> SpecFactory:
     def build(
         data: str | Path, weights: str | Path, stages: list[dict[str, Any]] | None, **overrides: Any
     ) -> TransferJobSpec:
-        body: dict[str, Any] = {
-            "dataset": {
-                "uri": str(data),
-                "imageSize": 32,
-                "validationSplit": 0.12,
-                "testSplit": 0.08,
-                "seed": 7,
-            },
-            "model": {
-                "backbone": "MobileNetV2",
-                "weights": str(weights),
-                "head": {"hidden": [64], "dropout": 0.2},
-            },
-            "output": {"uri": str(tmp_path / "models")},
-        }
-        if stages is not None:
-            body["stages"] = stages
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(body.get(key), dict):
-                body[key] = {**body[key], **value}
-            else:
-                body[key] = value
-        return TransferJobSpec.model_validate(body)
+        return build_spec(data, weights, stages, {"uri": str(tmp_path / "models")}, **overrides)
 
     return build
 

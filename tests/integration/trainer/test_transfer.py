@@ -26,7 +26,7 @@ from kubegraft_trainer.images import decode_and_resize
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker
 from kubegraft_trainer.run import RunResult, train
 from tests.harness.fashion import CLASS_NAMES, encode_image, load_fashion_mnist, pick_indices
-from tests.integration.trainer.conftest import TRANSFER_CLASSES, stage
+from tests.integration.trainer.conftest import TRANSFER_CLASSES, build_spec, stage
 
 # Pretrained staged accuracy minus from-scratch accuracy on the held-out images must be at least this.
 TRANSFER_MARGIN = 0.20
@@ -59,24 +59,8 @@ def held_out() -> HeldOut:
 def _spec(
     data: Path, weights: str, stages: list[dict[str, Any]] | None, output: Path, **extra: Any
 ) -> TransferJobSpec:
-    return TransferJobSpec.model_validate(
-        {
-            "dataset": {
-                "uri": str(data),
-                "imageSize": 32,
-                "validationSplit": 0.12,
-                "testSplit": 0.08,
-                "seed": 7,
-            },
-            "model": {
-                "backbone": "MobileNetV2",
-                "weights": weights,
-                "head": {"hidden": [64], "dropout": 0.2},
-            },
-            **({"stages": stages} if stages is not None else {}),
-            "output": {"uri": str(output), "formats": ["savedmodel", "keras"]},
-            **extra,
-        }
+    return build_spec(
+        data, weights, stages, {"uri": str(output), "formats": ["savedmodel", "keras"]}, **extra
     )
 
 
