@@ -53,6 +53,29 @@ class FailureReason:
     TRAINING_ERROR = "TrainingError"
 
 
+class NoticeReason:
+    """CamelCase reasons of notices: facts about a run a user should see, without failing it.
+
+    The operator turns each notice into a Kubernetes Event on the TransferJob (once per run) and
+    NoTransferGain into the `TransferGain` condition.
+    """
+
+    NO_TRANSFER_GAIN = "NoTransferGain"  # the model did not beat the raw-pixel baseline on the test split
+    FINE_TUNE_REGRESSED = "FineTuneRegressed"  # a stage ended below the previous best; weights were restored
+    BATCH_NORM_REESTIMATED = "BatchNormReestimated"  # collapsed backbone features; BN statistics re-estimated
+    RECIPE_CHOSEN = "RecipeChosen"  # strategy auto picked a recipe (the message names it and its score)
+
+
+WARNING_NOTICES = frozenset({NoticeReason.NO_TRANSFER_GAIN, NoticeReason.FINE_TUNE_REGRESSED})
+
+
+class Notice(ApiModel):
+    """One fact about the run worth an Event: what happened and why it matters."""
+
+    reason: str = Field(..., min_length=1, max_length=128, description="A NoticeReason.")
+    message: str = Field("", max_length=1024, description="One or two sentences (never holds secrets).")
+
+
 TrainingState = Literal["starting", "loading", "training", "exporting", "succeeded", "failed"]
 
 
@@ -74,6 +97,9 @@ class TrainingProgress(ApiModel):
     images_per_second: float | None = Field(None, ge=0, description="Training throughput of the last epoch.")
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of the run.")
     recipe: str | None = Field(None, description="The recipe in short form.")
+    notices: list[Notice] = Field(
+        default_factory=list, description="Facts worth an Event (NoticeReason), in the order they happened."
+    )
     model_uri: str | None = Field(None, description="The published version, once exported.")
     reason: str | None = Field(None, description="A FailureReason when state is failed.")
     message: str | None = Field(None, description="A one-sentence explanation (never holds secrets).")

@@ -25,6 +25,7 @@ class ConditionType:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    TRANSFER_GAIN = "TransferGain"  # True: the model beat the raw-pixel baseline; False: NoTransferGain
 
 
 class Condition(ApiModel):

@@ -30,6 +30,7 @@ from kubegraft.runtime import (
     PROGRESS_PORT,
     TERMINATION_LOG,
     TERMINATION_MESSAGE_MAX_BYTES,
+    Notice,
     TrainingProgress,
     TrainingState,
 )
@@ -171,6 +172,16 @@ class ProgressTracker:
             total = max(p.total_epochs - skipped, p.completed_epochs)
         self.update(total_epochs=total, epoch=epochs_run)
 
+    def add_notice(self, reason: str, message: str) -> None:
+        """Record a `NoticeReason` for the operator to turn into an Event; a repeated notice is kept once."""
+        with self._lock:
+            notices = list(self._progress.notices)
+            if any(n.reason == reason and n.message == message for n in notices):
+                return
+            notices.append(Notice(reason=reason, message=message))
+        log.info("notice %s: %s", reason, message)
+        self.update(notices=notices)
+
     def add_metrics(self, metrics: Mapping[str, float]) -> None:
         """Merge extra metrics (test accuracy, ...) into the document."""
         with self._lock:
@@ -197,6 +208,8 @@ class ProgressTracker:
         if len(text.encode()) <= limit:
             return text
         data["metrics"] = {k: v for k, v in data.get("metrics", {}).items() if "/" not in k and len(k) <= 32}
+        for notice in data.get("notices", []):
+            notice["message"] = str(notice.get("message", ""))[:200]
         for key in ("stages", "recipe"):
             text = json.dumps(data, separators=(",", ":"))
             if len(text.encode()) <= limit:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kubegraft.runtime import TERMINATION_MESSAGE_MAX_BYTES
+from kubegraft.runtime import TERMINATION_MESSAGE_MAX_BYTES, NoticeReason
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
 
 
@@ -85,3 +85,15 @@ def test_server_serves_progress_metrics_and_404() -> None:
         caught.value.close()
     finally:
         server.stop()
+
+
+def test_notices_are_kept_once_and_survive_the_compact_termination_message() -> None:
+    tracker = _tracker()
+    tracker.add_notice(NoticeReason.NO_TRANSFER_GAIN, "test accuracy 0.50 is below the baseline's 0.80")
+    tracker.add_notice(NoticeReason.NO_TRANSFER_GAIN, "test accuracy 0.50 is below the baseline's 0.80")
+    tracker.add_notice(NoticeReason.FINE_TUNE_REGRESSED, "m" * 1000)
+    tracker.add_metrics({f"class/{i}/f1": 0.5 for i in range(400)})
+    assert [n.reason for n in tracker.snapshot().notices] == ["NoTransferGain", "FineTuneRegressed"]
+    data = json.loads(tracker.compact_json())
+    assert [n["reason"] for n in data["notices"]] == ["NoTransferGain", "FineTuneRegressed"]
+    assert len(data["notices"][1]["message"]) <= 200
