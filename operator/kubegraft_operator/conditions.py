@@ -23,6 +23,7 @@ CONDITION_ORDER = (
     ConditionType.SUCCEEDED,
     ConditionType.FAILED,
     ConditionType.SUSPENDED,
+    ConditionType.TRANSFER_GAIN,
 )
 
 

@@ -26,6 +26,7 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/kubegraft/trainer:0.1.0"
 DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("kubegraft", "train")
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_METRICS_PORT = 8080
+DEFAULT_PROGRESS_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     service_account: str = ""
     metrics_port: int = DEFAULT_METRICS_PORT
-    progress_interval: float = 5.0
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     progress_timeout: float = 2.0
 
     def command_for(self, image: str) -> list[str]:
@@ -64,6 +65,26 @@ def _argv(raw: str, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{name} must be a non-empty JSON array of strings, got {raw!r}")
     return tuple(value)
+
+
+def progress_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between /progress polls of a running trainer: KUBEGRAFT_PROGRESS_INTERVAL, default 5.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(ENV_PROGRESS_INTERVAL, "").strip()
+    if not raw:
+        return DEFAULT_PROGRESS_INTERVAL
+    problem = f"{ENV_PROGRESS_INTERVAL} must be a positive number of seconds, got {raw!r}"
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(problem) from exc
+    if not 0 < value < float("inf"):
+        raise ValueError(problem)
+    return value
 
 
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -93,5 +114,5 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         image_pull_policy=env.get(ENV_IMAGE_PULL_POLICY) or "IfNotPresent",
         service_account=env.get(ENV_SERVICE_ACCOUNT, ""),
         metrics_port=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
-        progress_interval=float(env.get(ENV_PROGRESS_INTERVAL) or 5.0),
+        progress_interval=progress_interval(env),
     )

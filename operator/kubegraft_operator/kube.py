@@ -54,6 +54,11 @@ def configmap_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+def event_path(namespace: str) -> str:
+    """The API path of core v1 Events in `namespace`."""
+    return f"/api/v1/namespaces/{namespace}/events"
+
+
 def transferjob_path(namespace: str, name: str, subresource: str = "") -> str:
     """The API path of one TransferJob (or of its subresource, e.g. status)."""
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"

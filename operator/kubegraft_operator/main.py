@@ -3,8 +3,9 @@
 Every handler delegates to `reconcile.Reconciler.reconcile` with the observations kopf keeps in indices:
 - TransferJob create / update (spec) / resume (operator restart): reconcile, retried on TemporaryError;
 - watch events of the TransferJob's Jobs and Pods: reconcile the owner at once (a Job finished, a pod failed);
-- a 5-second timer while a TransferJob is Running: reconcile with a /progress poll of the trainer (kopf puts
-  its finalizer `kubegraft.io/finalizer` on the TransferJob while the timer runs, to stop it on deletion);
+- a timer while a TransferJob is Running (every KUBEGRAFT_PROGRESS_INTERVAL seconds, default 5): reconcile
+  with a /progress poll of the trainer (kopf puts its finalizer `kubegraft.io/finalizer` on the TransferJob
+  while the timer runs, to stop it on deletion);
 Handlers return nothing (kopf would store results in status). Indices are filled before any handler runs, so
 after a restart the operator sees every existing Job before it decides anything.
 """
@@ -21,7 +22,7 @@ import kopf
 
 from kubegraft.spec import GROUP, PLURAL, VERSION
 from kubegraft_operator import metrics
-from kubegraft_operator.config import ENV_PEERING_PRIORITY, load_config
+from kubegraft_operator.config import ENV_PEERING_PRIORITY, load_config, progress_interval
 from kubegraft_operator.kube import Kube, load_api_client
 from kubegraft_operator.observation import JobView, PodView, observe_job, observe_pod
 from kubegraft_operator.progress_client import ProgressClient
@@ -31,7 +32,29 @@ from kubegraft_operator.rendering import LABEL_TRANSFERJOB
 TRANSFERJOBS = (GROUP, VERSION, PLURAL)
 TRAINER = {LABEL_TRANSFERJOB: kopf.PRESENT}
 PEERING_NAME = "kubegraft"
+# Decorator arguments are fixed at import, so the timer's interval is read here (an invalid value stops the
+# operator at start, like every other setting).
+PROGRESS_INTERVAL = progress_interval()
+# kopf's routine per-object INFO lines, demoted to DEBUG (thousands of TransferJobs flood the log otherwise).
+ROUTINE_LOG_PREFIXES = (
+    "Handler '",
+    "Indexer '",
+    "Timer '",
+    "Creation is processed",
+    "Updating is processed",
+    "Resuming is processed",
+)
 Key = tuple[str, str]
+
+
+class _RoutineToDebug(logging.Filter):
+    """Demote kopf's per-object "Handler/Indexer ... succeeded" / "... is processed" INFO records to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith(ROUTINE_LOG_PREFIXES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 @kopf.on.startup()
@@ -73,6 +96,14 @@ async def startup(
         settings.peering.priority = int(raw) if raw else random.randint(1, 1_000_000)
     # Failed handlers retry after this many seconds unless they raised TemporaryError with their own delay.
     settings.execution.default_backoff = 10
+    # After its own patch, kopf waits this long for the patched version on the watch before it trusts an
+    # older one (whose missing "handled" annotations would re-run the creation handler). The default 5 s
+    # is shorter than the watch lag of a loaded API server; status writes ride on kopf's patch as well.
+    settings.persistence.consistency_timeout = 30
+    # Routine per-object INFO lines ("Handler 'x' succeeded.") only with --verbose.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RoutineToDebug) for f in handler.filters):
+            handler.addFilter(_RoutineToDebug())
 
     config = load_config()
     memo.reconciler = Reconciler(config=config, kube=Kube(load_api_client()), progress=ProgressClient())
@@ -125,11 +156,12 @@ async def _reconcile(
     *,
     poll: bool = False,
     patch: kopf.Patch | None = None,
+    defer_status: bool = False,
 ) -> None:
     """Reconcile one TransferJob with its children as kopf's indices (handler kwargs) hold them."""
     jobs: list[JobView] = list(indices["job_index"].get(key, ()))
     pods: list[PodView] = list(indices["pod_index"].get(key, ()))
-    await memo.reconciler.reconcile(body, jobs, pods, poll=poll, patch=patch)
+    await memo.reconciler.reconcile(body, jobs, pods, poll=poll, patch=patch, defer_status=defer_status)
 
 
 @kopf.on.resume(*TRANSFERJOBS)
@@ -139,7 +171,7 @@ async def transferjob_changed(
     *, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
 ) -> None:
     """A TransferJob appeared, changed its spec, or the operator restarted: reconcile it."""
-    await _reconcile(memo, body, (namespace or "", name), kwargs, patch=kwargs["patch"])
+    await _reconcile(memo, body, (namespace or "", name), kwargs, patch=kwargs["patch"], defer_status=True)
 
 
 async def _reconcile_owner(
@@ -166,7 +198,7 @@ def _is_running(*, status: kopf.Status, **_: Any) -> bool:
     return bool(status.get("phase") == "Running")
 
 
-@kopf.timer(*TRANSFERJOBS, interval=5.0, when=_is_running)
+@kopf.timer(*TRANSFERJOBS, interval=PROGRESS_INTERVAL, when=_is_running)
 async def poll_progress(
     *, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
 ) -> None:
@@ -174,11 +206,12 @@ async def poll_progress(
     await _reconcile(memo, body, (namespace or "", name), kwargs, poll=True, patch=kwargs["patch"])
 
 
-@kopf.on.event(*TRANSFERJOBS)
-async def transferjob_event(
-    *, type: str, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
-) -> None:
-    """Forget a deleted TransferJob: its metric series and cached state."""
-    if type == "DELETED":
-        metrics.forget(namespace or "", name)
-        memo.reconciler.forget(uid)
+def _is_deleted(*, type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(*TRANSFERJOBS, when=_is_deleted)
+async def transferjob_deleted(*, namespace: str | None, name: str, uid: str, memo: Any, **_: Any) -> None:
+    """Forget a deleted TransferJob: its metric series and cached state (other events never call this)."""
+    metrics.forget(namespace or "", name)
+    memo.reconciler.forget(uid)

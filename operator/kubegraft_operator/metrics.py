@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from kubegraft.runtime import TrainingProgress
+from kubegraft.runtime import NoticeReason, TrainingProgress
 
 PHASES: Final = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
@@ -46,6 +46,15 @@ RECONCILE_DURATION = Histogram(
 )
 RECONCILE_ERRORS = Counter(
     "kubegraft_reconcile_errors", "Reconciles that raised an error.", registry=REGISTRY
+)
+NOTICES = Counter(
+    "kubegraft_notices",
+    "Trainer notices posted as Events, by reason (unknown reasons count as Other).",
+    ["reason"],
+    registry=REGISTRY,
+)
+_NOTICE_REASONS: Final = frozenset(
+    value for key, value in vars(NoticeReason).items() if key.isupper() and isinstance(value, str)
 )
 _JOB_LABELS: Final = ["namespace", "transferjob"]
 JOB_STAGE_INFO = Gauge(
@@ -76,30 +85,32 @@ _JOB_GAUGES: Final = (JOB_EPOCH, JOB_VAL_ACCURACY, JOB_IMAGES_PER_SECOND, JOB_LA
 
 _phases: dict[tuple[str, str], str] = {}
 _stages: dict[tuple[str, str], str] = {}
+_counts: dict[str, int] = dict.fromkeys(PHASES, 0)
 
 for _phase in PHASES:
     TRANSFERJOBS.labels(phase=_phase).set(0)
 
 
-def _recount() -> None:
-    counts = dict.fromkeys(PHASES, 0)
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, count in counts.items():
-        TRANSFERJOBS.labels(phase=phase).set(count)
+def _count(phase: str, delta: int) -> None:
+    """Move the count of TransferJobs in `phase` by `delta` (O(1): no scan of every TransferJob)."""
+    _counts[phase] = _counts.get(phase, 0) + delta
+    TRANSFERJOBS.labels(phase=phase).set(_counts[phase])
 
 
 def record_phase(namespace: str, name: str, phase: str) -> None:
     """Record a TransferJob's current phase (per-object series and the count by phase)."""
     key = (namespace, name)
-    if _phases.get(key) == phase:
+    before = _phases.get(key)
+    if before == phase:
         return
     _phases[key] = phase
     for each in PHASES:
         TRANSFERJOB_PHASE.labels(namespace=namespace, transferjob=name, phase=each).set(
             1 if each == phase else 0
         )
-    _recount()
+    if before is not None:
+        _count(before, -1)
+    _count(phase, +1)
     if phase != "Running":
         _clear_job(namespace, name)
 
@@ -128,6 +139,11 @@ def record_outcome(phase: str, reason: str) -> None:
         RUNS_FAILED.labels(reason=reason).inc()
 
 
+def record_notice(reason: str) -> None:
+    """Count a trainer notice posted as an Event (label bounded to the known NoticeReasons and Other)."""
+    NOTICES.labels(reason=reason if reason in _NOTICE_REASONS else "Other").inc()
+
+
 def _clear_job(namespace: str, name: str) -> None:
     stage = _stages.pop((namespace, name), None)
     if stage is not None:
@@ -141,10 +157,11 @@ def _clear_job(namespace: str, name: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     """Remove every series of a deleted TransferJob."""
-    if _phases.pop((namespace, name), None) is not None:
+    before = _phases.pop((namespace, name), None)
+    if before is not None:
         for phase in PHASES:
             TRANSFERJOB_PHASE.remove(namespace, name, phase)
-        _recount()
+        _count(before, -1)
     _clear_job(namespace, name)
 
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubegraft.runtime import ExitCode, FailureReason, TrainingProgress
+from kubegraft.runtime import WARNING_NOTICES, ExitCode, FailureReason, Notice, NoticeReason, TrainingProgress
 from kubegraft.spec import TransferJobSpec
 from kubegraft.status import ConditionType
-from kubegraft_operator.conditions import DesiredCondition, merge
+from kubegraft_operator.conditions import DesiredCondition, find, merge
 from kubegraft_operator.observation import JobView, PodView, Terminated
 from kubegraft_operator.rendering import job_name, spec_hash
 
@@ -34,6 +34,8 @@ ANNOTATION_RUN = "kubegraft.io/run"
 ANNOTATION_RUN_SPEC_HASH = "kubegraft.io/run-spec-hash"
 ANNOTATION_RUN_GENERATION = "kubegraft.io/run-generation"
 ANNOTATION_FINISHED_RUN = "kubegraft.io/finished-run"
+# "<run>/<count>": how many of that run's trainer notices are Events already (a restart posts no duplicates).
+ANNOTATION_NOTICES = "kubegraft.io/notices-emitted"
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -61,6 +63,11 @@ class Reason:
     JOB_FAILED = "JobFailed"
     RUN_STOPPED = "RunStopped"
     JOB_MISSING = "JobMissing"
+    TRANSFER_GAIN = "TransferGain"
+
+
+# Metric names (trainer contract) that say the run measured itself against the raw-pixel baseline.
+BASELINE_METRICS = ("transfer_gain", "baseline_accuracy")
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,11 @@ class StatusResult:
     summary: Summary
     events: tuple[EventSpec, ...]
     progress: TrainingProgress | None
+
+    @property
+    def notices(self) -> tuple[Notice, ...]:
+        """The trainer's notices of this run so far (cumulative, in order): /progress or its final word."""
+        return tuple(self.progress.notices) if self.progress is not None else ()
 
 
 def _short(text: str) -> str:
@@ -434,6 +446,69 @@ def _events(
     return events
 
 
+def transfer_gain_condition(
+    summary: Summary,
+    metrics: Mapping[str, float],
+    word: TrainingProgress | None,
+    previous_conditions: Sequence[Mapping[str, Any]],
+) -> list[DesiredCondition]:
+    """The `TransferGain` condition of a succeeded run ([] for other phases or when nothing says).
+
+    False (NoTransferGain, the notice's message) when the trainer reported a NoTransferGain notice; True when
+    the run's metrics hold a baseline comparison (`transfer_gain` or `baseline_accuracy`) and no such notice;
+    absent otherwise. With no word from the trainer (its pods are gone), the run's previous verdict is kept.
+
+    Args:
+        summary: the run's summary (only Succeeded gets the condition).
+        metrics: the run's metrics as the status will hold them.
+        word: the trainer's /progress or final termination message, if seen in this reconcile.
+        previous_conditions: the same run's previous conditions ([] for a new run).
+    """
+    if summary.phase != "Succeeded":
+        return []
+    before = find(previous_conditions, ConditionType.TRANSFER_GAIN)
+    if word is None and before is not None:
+        return [
+            DesiredCondition(
+                ConditionType.TRANSFER_GAIN,
+                before.get("status") == "True",
+                str(before.get("reason", "")),
+                str(before.get("message", "")),
+            )
+        ]
+    notices = word.notices if word is not None else []
+    notice = next((n for n in notices if n.reason == NoticeReason.NO_TRANSFER_GAIN), None)
+    if notice is not None:
+        text = _short(notice.message or "The model did not beat the raw-pixel baseline on the test split.")
+        return [DesiredCondition(ConditionType.TRANSFER_GAIN, False, NoticeReason.NO_TRANSFER_GAIN, text)]
+    if not any(name in metrics for name in BASELINE_METRICS):
+        return []
+    parts = [
+        f"{label} {metrics[key]:.4g}"
+        for key, label in (
+            ("test_accuracy", "test accuracy"),
+            ("baseline_accuracy", "raw-pixel baseline"),
+            ("transfer_gain", "gain"),
+        )
+        if key in metrics
+    ]
+    text = f"The model beat the raw-pixel baseline on the test split: {', '.join(parts)}."
+    return [DesiredCondition(ConditionType.TRANSFER_GAIN, True, Reason.TRANSFER_GAIN, text)]
+
+
+def notice_event(notice: Notice) -> tuple[str, str, str]:
+    """(Event type, reason, message) of a trainer notice: Warning for `WARNING_NOTICES`, else Normal."""
+    type_ = "Warning" if notice.reason in WARNING_NOTICES else "Normal"
+    return type_, notice.reason, _short(notice.message or notice.reason)
+
+
+def notices_emitted(transferjob: Mapping[str, Any], run: int) -> int:
+    """How many of run `run`'s notices are Events already (`ANNOTATION_NOTICES`; 0 for another run)."""
+    raw = (transferjob["metadata"].get("annotations") or {}).get(ANNOTATION_NOTICES, "")
+    recorded_run, _, count = raw.partition("/")
+    return _int(count) if _int(recorded_run) == run else 0
+
+
 def derive_status(
     transferjob: Mapping[str, Any],
     plan: RunPlan,
@@ -471,6 +546,12 @@ def derive_status(
             status.update(_progress_fields(source))
     if summary.phase == "Succeeded" and status.get("modelUri"):
         summary = replace(summary, message=f"{summary.message[:-1]}: published {status['modelUri']}.")
+    gain = transfer_gain_condition(
+        summary,
+        status.get("metrics") or {},
+        progress or final,
+        (previous.get("conditions") or []) if same_run else [],
+    )
     job = plan.job
     start = (job.start_time if job is not None else None) or (previous.get("startTime") if same_run else None)
     completion = None
@@ -484,7 +565,10 @@ def derive_status(
             "jobName": job_name(transferjob["metadata"]["name"], plan.run),
             "observedGeneration": generation,
             "conditions": merge(
-                previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
+                previous.get("conditions") or [],
+                [*desired_conditions(summary), *gain],
+                generation=generation,
+                now=now,
             ),
         }
     )

@@ -6,29 +6,50 @@ trainers, their /progress; it asks `planning` what to do, does it through `kube`
 (only when it changed), the run bookkeeping annotations and the Events that explain the status.
 
 Reconciles of one TransferJob are serialised by a per-object lock; different TransferJobs run concurrently.
+
+Status writes and kopf (the crash/consistency rules, docs/operator.md "Status writes"):
+- From the TransferJob's own create/update/resume handlers the status is not PATCHed directly: it rides on
+  kopf's own patch of the object, as a patch function that kopf runs on the freshest body right before its
+  JSON patch (with a resourceVersion test). A direct status PATCH inside the handler would give the object
+  a version without kopf's "handled" annotations; when the watch lags past kopf's consistency timeout, kopf
+  takes that version for an unhandled object and runs the creation handler again.
+- The function writes this process's latest decided status (`_Written.status`), not the one decided when
+  the handler ran: if a Job or Pod event reconciled and wrote a newer status meanwhile, the deferred write
+  cannot put an older one back, and the resourceVersion test makes kopf retry it on the next event if
+  anything wrote in between.
+- Other callers (Job/Pod events, the progress timer) write the status directly under the lock.
+- A crash before kopf applies its patch loses nothing that matters: the resume handler re-observes the
+  Job and Pods and derives the same status again; Job names are deterministic (409 = already there) and
+  notice Events have fixed names (409 = already posted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from kubegraft.runtime import TrainingProgress
+from kubegraft.runtime import Notice, TrainingProgress
 from kubegraft.spec import TransferJobSpec
 from kubegraft_operator import metrics, planning, rendering
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
-from kubegraft_operator.kube import Kube, configmap_path, job_path, transferjob_path
+from kubegraft_operator.kube import Kube, configmap_path, event_path, job_path, transferjob_path
 from kubegraft_operator.observation import JobView, PodView, observe_job
 from kubegraft_operator.progress_client import ProgressClient
 
 MAX_EVENT_KEYS = 64
+REPORTING_COMPONENT = "kubegraft-operator"
+
+log = logging.getLogger(__name__)
 
 
 def now_rfc3339() -> str:
@@ -63,6 +84,7 @@ class _Written:
     status: dict[str, Any] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
+    status_fn: Callable[[kopf.RawBody], None] | None = None  # kopf patch function (see the module doc)
 
 
 @dataclass
@@ -103,6 +125,7 @@ class Reconciler:
         *,
         poll: bool = False,
         patch: kopf.Patch | None = None,
+        defer_status: bool = False,
     ) -> None:
         """Bring one TransferJob's children and status in line with its spec (see the module docstring).
 
@@ -113,6 +136,8 @@ class Reconciler:
             poll: also read the trainer's /progress (the running-job timer sets it).
             patch: kopf's patch of this TransferJob when called from its own handler: the run annotations
                 ride along with kopf's own bookkeeping patch (one request instead of two).
+            defer_status: with `patch`, write the status through it too (the TransferJob's own change
+                handlers; see the module docstring).
 
         Raises:
             kopf.TemporaryError: the API failed in a way worth retrying.
@@ -126,7 +151,12 @@ class Reconciler:
                 if transferjob["metadata"].get("deletionTimestamp"):
                     return
                 await self._reconcile(
-                    self._fresh(transferjob), list(jobs), list(pods), poll=poll, patch=patch
+                    self._fresh(transferjob),
+                    list(jobs),
+                    list(pods),
+                    poll=poll,
+                    patch=patch,
+                    defer_status=defer_status and patch is not None,
                 )
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
@@ -142,6 +172,7 @@ class Reconciler:
         *,
         poll: bool,
         patch: kopf.Patch | None,
+        defer_status: bool,
     ) -> None:
         # Observe + plan.
         try:
@@ -161,7 +192,7 @@ class Reconciler:
             if pod is not None and pod.pod_ip:
                 progress = await self.progress.fetch(pod.pod_ip)
         # Report.
-        phase = await self._report(tj, spec, plan, pods, progress, patch=patch)
+        phase = await self._report(tj, spec, plan, pods, progress, patch=patch, defer_status=defer_status)
         if progress is not None and phase == "Running":
             metrics.record_progress(tj["metadata"]["namespace"], tj["metadata"]["name"], progress, polled_at)
 
@@ -207,20 +238,32 @@ class Reconciler:
         progress: TrainingProgress | None,
         *,
         patch: kopf.Patch | None,
+        defer_status: bool = False,
     ) -> str:
         """Write the status (only when changed) and the run annotations; post Events; return the phase."""
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
-        written = self._written.setdefault(tj["metadata"]["uid"], _Written())
+        uid = tj["metadata"]["uid"]
+        written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
         result = planning.derive_status(tj, plan, pods, progress, now_rfc3339(), spec=spec)
         changes = planning.status_patch(previous, result.status)
         if changes:
-            path = transferjob_path(namespace, name, "status")
-            await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
-            written.status = result.status
+            if defer_status and patch is not None:
+                written.status = result.status
+                if written.status_fn is None:
+                    written.status_fn = self._status_fn(uid)
+                if written.status_fn not in patch.fns:
+                    patch.fns.append(written.status_fn)
+            else:
+                path = transferjob_path(namespace, name, "status")
+                await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
+                written.status = result.status
             if (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
                 metrics.record_outcome(result.summary.phase, result.summary.reason)
-        annotations = planning.annotations_patch(tj, plan)
+        annotations: dict[str, str | None] = dict(planning.annotations_patch(tj, plan))
+        emitted = await self._post_notices(tj, plan.run, result.notices)
+        if emitted is not None:
+            annotations[planning.ANNOTATION_NOTICES] = emitted
         if annotations and patch is not None:
             # Rides along with kopf's own bookkeeping patch of this TransferJob, applied after the handler.
             patch.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
@@ -234,6 +277,52 @@ class Reconciler:
             self._event(tj, written, event.type, event.reason, event.message, key=event.key)
         metrics.record_phase(namespace, name, result.summary.phase)
         return result.summary.phase
+
+    def _status_fn(self, uid: str) -> Callable[[kopf.RawBody], None]:
+        """kopf patch function: lay this process's latest decided status over the freshest body."""
+
+        def latest_status(body: kopf.RawBody) -> None:
+            written = self._written.get(uid)
+            if written is not None and written.status is not None:
+                body["status"] = copy.deepcopy(written.status)
+
+        return latest_status
+
+    async def _post_notices(self, tj: Mapping[str, Any], run: int, notices: tuple[Notice, ...]) -> str | None:
+        """Post each trainer notice of `run` not yet posted as an Event; the new record, or None if unchanged.
+
+        Notice i of run r is the Event `rendering.notice_event_name(tj, r, i)`: posting is idempotent (409),
+        so a crash between posting and recording the count (`ANNOTATION_NOTICES`) posts no duplicate.
+        A failed post stops here; the next reconcile posts it and the rest.
+        """
+        done = planning.notices_emitted(tj, run)
+        if len(notices) <= done:
+            return None
+        namespace = tj["metadata"]["namespace"]
+        posted = done
+        for index in range(done, len(notices)):
+            type_, reason, message = planning.notice_event(notices[index])
+            body = rendering.render_event(
+                tj,
+                rendering.notice_event_name(tj, run, index),
+                type_,
+                reason,
+                message,
+                now=datetime.now(UTC).isoformat(),
+                component=REPORTING_COMPONENT,
+                instance=os.environ.get("HOSTNAME", REPORTING_COMPONENT),
+            )
+            try:
+                created = await self.kube.create(event_path(namespace), body)
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.warning(
+                    "could not post notice %s of %s/%s: %s", reason, namespace, tj["metadata"]["name"], exc
+                )
+                break
+            if created:
+                metrics.record_notice(reason)
+            posted = index + 1
+        return f"{run}/{posted}" if posted > done else None
 
     def _event(
         self, tj: Mapping[str, Any], written: _Written, type_: str, reason: str, message: str, *, key: str

@@ -127,6 +127,65 @@ def render_configmap(transferjob: Mapping[str, Any], run: int) -> dict[str, Any]
     return body
 
 
+def notice_event_name(transferjob: Mapping[str, Any], run: int, index: int) -> str:
+    """The Event of notice `index` of run `run`: `<name>.<uid prefix>.r<run>.n<index>` (deterministic).
+
+    A fixed name makes posting idempotent: after a crash between posting and recording it, the second
+    post answers 409 and no duplicate appears. The uid prefix keeps a re-created namesake's Events apart.
+    """
+    meta = transferjob["metadata"]
+    return f"{meta['name'][:200]}.{str(meta.get('uid', ''))[:8]}.r{run}.n{index}"
+
+
+def render_event(
+    transferjob: Mapping[str, Any],
+    name: str,
+    type_: str,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    component: str,
+    instance: str,
+) -> dict[str, Any]:
+    """A core v1 Event named `name` about `transferjob` (what kopf posts, but with a fixed name).
+
+    Args:
+        transferjob: the involved TransferJob (apiVersion, kind, metadata name/namespace/uid).
+        name: the Event's name (see `notice_event_name`).
+        type_: Normal or Warning.
+        reason: a CamelCase reason.
+        message: one or two sentences.
+        now: RFC 3339 time with microseconds (eventTime is a MicroTime).
+        component: the reporting component (the "From" column of `kubectl describe`).
+        instance: the reporting replica.
+    """
+    meta = transferjob["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": transferjob.get("apiVersion") or API_VERSION,
+            "kind": transferjob.get("kind") or KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "action": reason,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": now,
+        "count": 1,
+    }
+
+
 def _env(spec: TransferJobSpec, uid: str, generation: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": runtime.ENV_SPEC_PATH, "value": f"{runtime.SPEC_MOUNT_DIR}/{runtime.SPEC_FILE_NAME}"},

@@ -71,8 +71,8 @@ class E2E:
             stages: the stages; default a 3-epoch head stage and a 2-epoch fine-tune of the whole network.
             backoff_limit: runPolicy.backoffLimit.
             augment: random horizontal flips. They also make the head stage train through the frozen backbone
-                (no cached features), so it lasts long enough for the operator's 5-second progress polls to
-                show it in the status.
+                (no cached features), so it lasts long enough for the operator's progress polls (every second
+                here) to show it in the status.
         """
         return {
             "apiVersion": "kubegraft.io/v1alpha1",
@@ -167,7 +167,10 @@ def e2e(
             }
         )
         port = _free_port()
-        operator = cluster.start_operator(env={"KUBEGRAFT_METRICS_PORT": str(port)})
+        # Progress polls every second: the trainer's epochs on this tiny data set can take under a second.
+        operator = cluster.start_operator(
+            env={"KUBEGRAFT_METRICS_PORT": str(port), "KUBEGRAFT_PROGRESS_INTERVAL": "1"}
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         _wait_for_metrics(operator, url)
         yield E2E(cluster, operator, url, s3_server, inputs, fashion_transfer)

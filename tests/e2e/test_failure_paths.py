@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import signal
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,20 @@ from tests.harness.watch import StatusRecorder
 
 FAIL_TIMEOUT = 180.0
 RUN_TIMEOUT = 360.0
+PROGRESS_PORT = 9090
+
+
+def _trainer_progress(pod: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's own GET /progress on its pod IP ({} while it does not answer yet)."""
+    ip = pod.get("status", {}).get("podIP")
+    if not ip:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{PROGRESS_PORT}/progress", timeout=2) as response:
+            progress: dict[str, Any] = json.loads(response.read())
+    except OSError:
+        return {}
+    return progress
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -86,7 +102,7 @@ def test_dataset_with_one_class_fails_with_a_reason_saying_so(e2e: E2E) -> None:
 
 def test_trainer_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(e2e: E2E) -> None:
     name = "killed-trainer"
-    finetune_epochs = 4
+    finetune_epochs = 6
     stages = [
         {"name": "head", "trainable": 0, "epochs": 1, "learningRate": 0.003},
         {
@@ -100,16 +116,24 @@ def test_trainer_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(e2e: 
     manifest = e2e.transferjob(name, stages=stages, backoff_limit=2)
     with StatusRecorder(e2e.cluster.url, e2e.namespace, name) as recorder:
         e2e.cluster.apply(manifest)
-        # Kill once the fine-tune stage has checkpointed at least one epoch (the status lags the trainer).
-        recorder.wait_until(
-            lambda s: (
-                s.get("phase") == "Running" and s.get("stage") == "finetune" and (s.get("epoch") or 0) >= 1
-            ),
-            timeout=RUN_TIMEOUT,
-            message="fine-tune epoch 1 in status",
-        )
-        (first,) = e2e.pods(name)
-        first_name = first["metadata"]["name"]
+        # Kill once the trainer itself says the fine-tune stage finished its second epoch (so at least one
+        # fine-tune checkpoint is in S3) and epochs remain. The trainer is asked directly, every 0.1 s: its
+        # epochs can take well under a second, faster than any status poll.
+        first_name = ""
+
+        def finetune_epoch_2() -> bool:
+            nonlocal first_name
+            pods = e2e.pods(name)
+            if not pods:
+                return False
+            first_name = pods[0]["metadata"]["name"]
+            progress = _trainer_progress(pods[0])
+            return progress.get("stage") == "finetune" and (progress.get("epoch") or 0) >= 2
+
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not finetune_epoch_2():
+            assert time.monotonic() < deadline, "the trainer never reported fine-tune epoch 2"
+            time.sleep(0.1)
         assert e2e.cluster.kubelet.kill(first_name, signal.SIGKILL, namespace=e2e.namespace)
         status = recorder.wait_for_phase({"Succeeded", "Failed"}, timeout=RUN_TIMEOUT)
         phases = recorder.phases()

@@ -216,6 +216,11 @@ class Cluster:
             )
             self._kubelet.start()
 
+    @property
+    def emulator_pid(self) -> int | None:
+        """The emulator process's id while it runs (benchmarks read its CPU time)."""
+        return self._emulator.pid if self._emulator is not None else None
+
     def stop(self) -> None:
         """Stop operators, the kubelet (killing pod processes) and the emulator. Safe to call twice."""
         for operator in self._operators:

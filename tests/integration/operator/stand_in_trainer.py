@@ -10,7 +10,10 @@ Behaviour is chosen by the spec's dataset URI, `file:///stand-in/<mode>/<seconds
 - `succeed`: trains and publishes `<output.uri>1/` (exit 0);
 - `invalid`: fails at once with DatasetNotFound (exit 78, no retry);
 - `retryable`: fails with StorageAccessDenied (exit 1, retried by the Job);
-- `flaky`: fails like `retryable` on its first attempt (a marker file per run id), then succeeds.
+- `flaky`: fails like `retryable` on its first attempt (a marker file per run id), then succeeds;
+- `nogain`: succeeds, with a BatchNormReestimated notice from the first epoch on (in /progress) and a final
+  NoTransferGain notice and baseline metrics below the baseline (termination message);
+- `gain`: succeeds with a RecipeChosen notice and baseline metrics above the baseline.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from kubegraft.runtime import (
     ENV_TERMINATION_LOG,
     PROGRESS_PORT,
     ExitCode,
+    Notice,
+    NoticeReason,
     TrainingProgress,
 )
 from kubegraft.spec import TransferJobSpec
@@ -112,6 +117,9 @@ def main() -> None:
             ExitCode.RETRYABLE,
         )
     completed = 0
+    if mode == "gain":
+        recipe = Notice(reason=NoticeReason.RECIPE_CHOSEN, message="Chose head-then-finetune (score 0.91).")
+        state = state.model_copy(update={"notices": [recipe], "recipe": "head-then-finetune"})
     for index, stage in enumerate(stages):
         for epoch in range(1, stage.epochs + 1):
             time.sleep(seconds)
@@ -131,12 +139,29 @@ def main() -> None:
                     "images_per_second": 123.0,
                 }
             )
+            if mode == "nogain" and not state.notices:
+                reestimated = Notice(
+                    reason=NoticeReason.BATCH_NORM_REESTIMATED, message="Backbone BN statistics re-estimated."
+                )
+                state = state.model_copy(update={"notices": [reestimated]})
             _publish(state)
+    metrics = {"test_accuracy": 0.9}
+    notices = list(state.notices)
+    if mode == "nogain":
+        metrics = {"test_accuracy": 0.4, "baseline_accuracy": 0.5, "transfer_gain": -0.1}
+        notices.append(
+            Notice(
+                reason=NoticeReason.NO_TRANSFER_GAIN, message="Test accuracy 0.4 is below the baseline 0.5."
+            )
+        )
+    elif mode == "gain":
+        metrics = {"test_accuracy": 0.9, "baseline_accuracy": 0.5, "transfer_gain": 0.4}
     final = state.model_copy(
         update={
             "state": "succeeded",
             "model_uri": f"{spec.output.uri.rstrip('/')}/1/",
-            "metrics": {"test_accuracy": 0.9},
+            "metrics": metrics,
+            "notices": notices,
         }
     )
     _finish(final, ExitCode.SUCCEEDED)

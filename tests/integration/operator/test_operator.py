@@ -7,6 +7,7 @@ Events, Jobs and metrics. The stand-in trainer is chosen per TransferJob by its 
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
 from collections.abc import Callable
@@ -184,6 +185,73 @@ def test_an_operator_killed_at_any_point_never_creates_a_second_job(op: Operator
         assert status["modelUri"] == "file:///models/stand-in/1/"
         assert [j["metadata"]["name"] for j in op.jobs(name)] == [f"{name}-1"]
         assert len(op.pods(name)) == 1
+
+
+def _events_of(op: OperatorEnv, name: str) -> list[dict[str, Any]]:
+    return [e for e in op.cluster.events() if e.get("involvedObject", {}).get("name") == name]
+
+
+def test_trainer_notices_are_events_once_each_even_across_a_restart_and_no_gain_is_a_condition(
+    op: OperatorEnv,
+) -> None:
+    op.apply("nogain", stand_in_spec("nogain", 1.0, epochs=8))
+    # The BatchNormReestimated notice comes from /progress while the run trains.
+    op.cluster.wait_for(lambda: "BatchNormReestimated" in op.event_reasons("nogain"), timeout=60)
+    assert op.status("nogain")["phase"] == "Running"
+    op.wait_status("nogain", _phase("Succeeded"), 60, "Succeeded")
+    op.cluster.wait_for(lambda: "NoTransferGain" in op.event_reasons("nogain"), timeout=15)
+    gain = op.condition("nogain", "TransferGain")
+    assert (gain["status"], gain["reason"]) == ("False", "NoTransferGain")
+    assert gain["message"] == "Test accuracy 0.4 is below the baseline 0.5."
+    op.operator.kill()
+    op.start_operator()  # resumes every TransferJob: must not post the notices again
+    time.sleep(3)
+    notices = [
+        (e["type"], e["reason"])
+        for e in _events_of(op, "nogain")
+        if e["reason"] in ("BatchNormReestimated", "NoTransferGain")
+    ]
+    assert sorted(notices) == [("Normal", "BatchNormReestimated"), ("Warning", "NoTransferGain")]
+    annotations = op.transferjob("nogain")["metadata"]["annotations"]
+    assert annotations["kubegraft.io/notices-emitted"] == "1/2"
+    assert op.condition("nogain", "TransferGain")["status"] == "False"
+
+
+def test_a_run_that_beat_its_baseline_has_transfer_gain_true_and_its_recipe(op: OperatorEnv) -> None:
+    op.apply("gain", stand_in_spec("gain", 0.2, epochs=2))
+    status = op.wait_status("gain", _phase("Succeeded"), 60, "Succeeded")
+    assert status["recipe"] == "head-then-finetune"
+    gain = op.condition("gain", "TransferGain")
+    assert (gain["status"], gain["reason"]) == ("True", "TransferGain")
+    op.cluster.wait_for(lambda: "RecipeChosen" in op.event_reasons("gain"), timeout=15)
+    assert 'kubegraft_notices_total{reason="RecipeChosen"}' in op.metrics()
+
+
+def test_operator_killed_at_random_moments_leaves_one_job_one_event_per_notice_and_a_final_status(
+    op: OperatorEnv,
+) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    names = [f"chaos-{i}" for i in range(4)]
+    for name in names[:-1]:
+        op.apply(name, stand_in_spec("succeed", 0.3, epochs=6))
+    op.apply(names[-1], stand_in_spec("nogain", 0.3, epochs=6))
+    for _ in range(4):
+        time.sleep(rng.uniform(0.05, 1.5))
+        op.operator.kill()
+        time.sleep(rng.uniform(0.0, 0.5))
+        op.start_operator()
+    for name in names:
+        status = op.wait_status(name, _phase("Succeeded"), 90, f"Succeeded after kills (seed {seed})")
+        assert (status["run"], status["jobName"]) == (1, f"{name}-1"), seed
+        assert status["modelUri"] == "file:///models/stand-in/1/", seed
+        assert [j["metadata"]["name"] for j in op.jobs(name)] == [f"{name}-1"], seed
+        assert len(op.pods(name)) == 1, seed
+    op.cluster.wait_for(lambda: "NoTransferGain" in op.event_reasons(names[-1]), timeout=15)
+    time.sleep(2)
+    reasons = op.event_reasons(names[-1])
+    assert (reasons.count("BatchNormReestimated"), reasons.count("NoTransferGain")) == (1, 1), seed
+    assert op.condition(names[-1], "TransferGain")["status"] == "False", seed
 
 
 def test_kubectl_apply_and_wait_for_condition_succeeded(op: OperatorEnv, tmp_path: Path) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from kubegraft_operator.config import DEFAULT_TRAINER_IMAGE, load_config
@@ -34,3 +38,27 @@ def test_trainer_command_and_per_image_commands_are_json_arrays() -> None:
 def test_a_malformed_trainer_command_refuses_to_start(raw: str) -> None:
     with pytest.raises(ValueError, match="KUBEGRAFT_TRAINER_COMMAND"):
         load_config({"KUBEGRAFT_TRAINER_COMMAND": raw})
+
+
+def test_the_progress_interval_is_read_in_seconds_with_a_default_of_5() -> None:
+    assert load_config({}).progress_interval == 5.0
+    assert load_config({"KUBEGRAFT_PROGRESS_INTERVAL": "2.5"}).progress_interval == 2.5
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "inf"])
+def test_a_progress_interval_that_is_not_a_positive_number_refuses_to_start(raw: str) -> None:
+    with pytest.raises(ValueError, match="KUBEGRAFT_PROGRESS_INTERVAL"):
+        load_config({"KUBEGRAFT_PROGRESS_INTERVAL": raw})
+
+
+def test_the_running_job_timer_polls_at_the_configured_interval() -> None:
+    code = (
+        "import kopf, kubegraft_operator.main\n"
+        "handlers = kopf.get_default_registry()._spawning.get_all_handlers()\n"
+        "print([h.interval for h in handlers if h.id == 'poll_progress'])\n"
+    )
+    env = {**os.environ, "KUBEGRAFT_PROGRESS_INTERVAL": "2.5"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env
+    )
+    assert result.stdout.strip() == "[2.5]"

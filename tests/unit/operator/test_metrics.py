@@ -58,6 +58,15 @@ def test_outcomes_count_successes_and_failures_by_reason() -> None:
     assert _value("kubegraft_runs_succeeded_total") == succeeded + 1
 
 
+def test_notices_are_counted_by_known_reason_and_other_reasons_as_other() -> None:
+    before = _value("kubegraft_notices_total", reason="NoTransferGain") or 0
+    other = _value("kubegraft_notices_total", reason="Other") or 0
+    metrics.record_notice("NoTransferGain")
+    metrics.record_notice("SomethingNew")
+    assert _value("kubegraft_notices_total", reason="NoTransferGain") == before + 1
+    assert _value("kubegraft_notices_total", reason="Other") == other + 1
+
+
 def test_exposition_names_every_documented_metric() -> None:
     text = metrics.render().decode()
     for name in (

@@ -379,3 +379,69 @@ def test_routine_steps_post_no_event_but_training_does() -> None:
     assert _status(transferjob(), [job(1)], []).events == ()
     started = _status(transferjob(), [job(1)], [pod(running=True)])
     assert [(e.type, e.reason) for e in started.events] == [("Normal", "Training")]
+
+
+# ---- TransferGain and trainer notices ----------------------------------------------------------------------
+
+
+def _succeeded(message: dict[str, Any], tj: dict[str, Any] | None = None) -> Any:
+    return _status(
+        tj or transferjob(), [job(1, outcome="Succeeded")], [pod(exit_code=0, term_message=message)]
+    )
+
+
+def test_a_no_transfer_gain_notice_makes_transfer_gain_false_with_its_message() -> None:
+    message = {
+        "state": "succeeded",
+        "metrics": {"test_accuracy": 0.4, "baseline_accuracy": 0.5, "transfer_gain": -0.1},
+        "notices": [{"reason": "NoTransferGain", "message": "0.40 is below the raw-pixel baseline 0.50."}],
+    }
+    gain = _condition(_succeeded(message).status, "TransferGain")
+    assert (gain["status"], gain["reason"]) == ("False", "NoTransferGain")
+    assert gain["message"] == "0.40 is below the raw-pixel baseline 0.50."
+
+
+def test_baseline_metrics_without_the_notice_make_transfer_gain_true() -> None:
+    message = {"state": "succeeded", "metrics": {"test_accuracy": 0.9, "baseline_accuracy": 0.5}}
+    gain = _condition(_succeeded(message).status, "TransferGain")
+    assert (gain["status"], gain["reason"]) == ("True", "TransferGain")
+    assert "0.9" in gain["message"] and "0.5" in gain["message"]
+
+
+def test_no_baseline_and_no_notice_leaves_transfer_gain_absent() -> None:
+    status = _succeeded({"state": "succeeded", "metrics": {"test_accuracy": 0.9}}).status
+    assert find(status["conditions"], "TransferGain") is None
+
+
+def test_transfer_gain_is_only_set_on_success() -> None:
+    progress = TrainingProgress.model_validate(
+        {"state": "training", "notices": [{"reason": "NoTransferGain"}], "metrics": {"transfer_gain": 0.1}}
+    )
+    status = _status(transferjob(), [job(1)], [pod(running=True)], progress).status
+    assert find(status["conditions"], "TransferGain") is None
+
+
+def test_a_verdict_is_kept_once_the_pods_that_said_it_are_gone() -> None:
+    first = _succeeded(
+        {"state": "succeeded", "metrics": {"test_accuracy": 0.4}, "notices": [{"reason": "NoTransferGain"}]}
+    )
+    later = _status(transferjob(status=first.status), [job(1, outcome="Succeeded")], [], now=LATER)
+    gain = _condition(later.status, "TransferGain")
+    assert (gain["status"], gain["reason"]) == ("False", "NoTransferGain")
+
+
+def test_notices_are_warnings_only_for_the_warning_reasons() -> None:
+    from kubegraft.runtime import Notice
+    from kubegraft_operator.planning import notice_event
+
+    assert notice_event(Notice(reason="NoTransferGain", message="m"))[0] == "Warning"
+    assert notice_event(Notice(reason="FineTuneRegressed", message="m"))[0] == "Warning"
+    assert notice_event(Notice(reason="BatchNormReestimated", message="m"))[0] == "Normal"
+    assert notice_event(Notice(reason="RecipeChosen", message="m")) == ("Normal", "RecipeChosen", "m")
+
+
+def test_the_emitted_notice_count_belongs_to_its_run() -> None:
+    from kubegraft_operator.planning import ANNOTATION_NOTICES, notices_emitted
+
+    tj = transferjob(annotations={ANNOTATION_NOTICES: "1/3"})
+    assert (notices_emitted(tj, 1), notices_emitted(tj, 2), notices_emitted(transferjob(), 1)) == (3, 0, 0)

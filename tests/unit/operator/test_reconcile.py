@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from kubernetes import client as k8s
 
+from kubegraft_operator import metrics
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.kube import Kube
 from kubegraft_operator.observation import observe_job
@@ -128,3 +130,150 @@ def test_called_from_a_transferjob_handler_the_run_annotations_ride_along_with_k
     asyncio.run(_reconciler(kube).reconcile(transferjob(), [], [], patch=patch))
     assert patch["metadata"]["annotations"]["kubegraft.io/run"] == "1"
     assert not [c for c in kube.calls if c[0] == "patch" and not c[1].endswith("/status")]
+
+
+# ---- status through kopf's patch (own handlers) and direct writes (Job/Pod events) ---------------------
+
+
+def _apply(body: dict[str, Any], kopf_patch: kopf.Patch) -> dict[str, Any]:
+    """What the API server holds after kopf applied `kopf_patch` (merge part, then its functions)."""
+    import jsonpatch
+
+    merged = copy.deepcopy(body)
+    _merge_into(merged, dict(kopf_patch))
+    ops = kopf.Patch(fns=kopf_patch.fns).as_json_patch(merged)
+    return dict(jsonpatch.apply_patch(merged, ops))
+
+
+def _merge_into(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _status_writes(kube: RecordingKube) -> list[dict[str, Any]]:
+    return [c[2]["status"] for c in kube.calls if c[0] == "patch" and c[1].endswith("/status")]
+
+
+def test_from_its_own_handler_the_status_rides_on_kopfs_patch_not_a_request_of_its_own() -> None:
+    kube = RecordingKube()
+    patch = kopf.Patch()
+    tj = transferjob()
+    asyncio.run(_reconciler(kube).reconcile(tj, [], [], patch=patch, defer_status=True))
+    assert _status_writes(kube) == []
+    stored = _apply(tj, patch)
+    assert stored["status"]["phase"] == "Pending"
+    assert stored["status"]["jobName"] == "flowers-1"
+    assert stored["metadata"]["annotations"]["kubegraft.io/run"] == "1"
+
+
+def test_a_deferred_status_never_puts_back_an_older_one_written_meanwhile() -> None:
+    # The creation handler decides "Pending"; before kopf applies its patch, a Pod event reconciles and
+    # writes "Running" directly. kopf's patch, applied last, must leave "Running" in place.
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    tj = transferjob()
+    patch = kopf.Patch()
+    asyncio.run(reconciler.reconcile(tj, [], [], patch=patch, defer_status=True))
+    asyncio.run(reconciler.reconcile(tj, [job(1)], [pod(running=True)]))
+    api = copy.deepcopy(tj)
+    for write in _status_writes(kube):
+        _merge_into(api.setdefault("status", {}), write)
+    stored = _apply(api, patch)
+    assert stored["status"]["phase"] == "Running"
+    assert stored["status"]["run"] == 1
+    assert stored["status"]["jobName"] == "flowers-1"
+
+
+def test_a_crash_before_kopf_applied_the_status_is_repaired_by_the_restarted_operator() -> None:
+    # The first process created the Job and decided the status, then died before kopf patched anything.
+    first = RecordingKube()
+    asyncio.run(_reconciler(first).reconcile(transferjob(), [], [], patch=kopf.Patch(), defer_status=True))
+    restarted = RecordingKube(existing={"flowers-1", "flowers-1-spec"})
+    patch = kopf.Patch()
+    tj = transferjob()
+    asyncio.run(_reconciler(restarted).reconcile(tj, [], [], patch=patch, defer_status=True))
+    assert [c[1] for c in restarted.calls if c[0] == "create"] == ["flowers-1-spec", "flowers-1"]
+    assert restarted.events == []
+    assert _apply(tj, patch)["status"]["phase"] == "Pending"
+
+
+# ---- trainer notices as Events ----------------------------------------------------------------------------
+
+_NOTICES = [
+    {"reason": "BatchNormReestimated", "message": "Backbone features had collapsed; BN re-estimated."},
+    {"reason": "NoTransferGain", "message": "0.40 is below the raw-pixel baseline 0.50."},
+]
+
+
+def _finished(notices: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    message = {"state": "succeeded", "metrics": {"test_accuracy": 0.4}, "notices": notices}
+    return [job(1, outcome="Succeeded")], [pod(exit_code=0, term_message=message)]
+
+
+def _posted(kube: RecordingKube) -> list[tuple[str, str, str]]:
+    return [
+        (c[1], c[2]["type"], c[2]["reason"])
+        for c in kube.calls
+        if c[0] == "create" and c[2]["kind"] == "Event"
+    ]
+
+
+def _recorded_notices(kube: RecordingKube) -> str | None:
+    for call in kube.calls:
+        if call[0] == "patch" and not call[1].endswith("/status"):
+            value = call[2]["metadata"]["annotations"].get("kubegraft.io/notices-emitted")
+            if value is not None:
+                return str(value)
+    return None
+
+
+def test_each_trainer_notice_is_one_event_of_its_type_and_the_count_is_recorded() -> None:
+    kube = RecordingKube()
+    _run(_reconciler(kube), transferjob(), *_finished(_NOTICES))
+    assert _posted(kube) == [
+        ("flowers.0b5e7d3c.r1.n0", "Normal", "BatchNormReestimated"),
+        ("flowers.0b5e7d3c.r1.n1", "Warning", "NoTransferGain"),
+    ]
+    assert _recorded_notices(kube) == "1/2"
+
+
+def test_notices_recorded_as_posted_are_not_posted_again_after_a_restart() -> None:
+    kube = RecordingKube()
+    tj = transferjob(annotations={"kubegraft.io/notices-emitted": "1/2"})
+    _run(_reconciler(kube), tj, *_finished(_NOTICES))
+    assert _posted(kube) == []
+
+
+def test_only_notices_newer_than_the_record_are_posted() -> None:
+    kube = RecordingKube()
+    tj = transferjob(annotations={"kubegraft.io/notices-emitted": "1/1"})
+    _run(_reconciler(kube), tj, *_finished(_NOTICES))
+    assert [p[0] for p in _posted(kube)] == ["flowers.0b5e7d3c.r1.n1"]
+    assert _recorded_notices(kube) == "1/2"
+
+
+def test_a_crash_between_posting_and_recording_leaves_one_event_per_notice() -> None:
+    # The Events exist (409 on their fixed names) but the count was never recorded: no new Event.
+    kube = RecordingKube(existing={"flowers.0b5e7d3c.r1.n0", "flowers.0b5e7d3c.r1.n1"})
+    before = metrics.NOTICES.labels(reason="NoTransferGain")._value.get()
+    _run(_reconciler(kube), transferjob(), *_finished(_NOTICES))
+    assert metrics.NOTICES.labels(reason="NoTransferGain")._value.get() == before
+    assert _recorded_notices(kube) == "1/2"
+
+
+def test_a_new_run_posts_its_own_notices_from_zero() -> None:
+    kube = RecordingKube()
+    tj = transferjob(annotations={"kubegraft.io/notices-emitted": "1/2"})
+    tj["metadata"]["annotations"].update(
+        {"kubegraft.io/run": "2", "kubegraft.io/run-spec-hash": job(1).spec_hash}
+    )
+    message = {"state": "succeeded", "notices": _NOTICES[:1]}
+    jobs = [job(2, outcome="Succeeded")]
+    pods = [pod(2, exit_code=0, term_message=message)]
+    _run(_reconciler(kube), tj, jobs, pods)
+    assert [p[0] for p in _posted(kube)] == ["flowers.0b5e7d3c.r2.n0"]
