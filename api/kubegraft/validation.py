@@ -457,9 +457,11 @@ def validate_documents(text: str, source: str) -> list[DocumentReport]:
     """
     import yaml
 
+    from kubegraft.manifests import load_manifests
+
     reports: list[DocumentReport] = []
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(load_manifests(text))
     except yaml.YAMLError as exc:
         return [DocumentReport(source, len(reports) + 1, "", errors=[FieldError("", f"invalid YAML: {exc}")])]
     for index, document in enumerate(documents, start=1):

@@ -203,3 +203,14 @@ def test_cli_fails_on_unreadable_file_and_on_broken_yaml(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "missing.yaml: cannot read" in result.stderr
     assert "invalid YAML" in result.stderr
+
+
+def test_exponent_without_a_dot_is_a_number_as_kubectl_reads_it() -> None:
+    text = yaml.safe_dump(MINIMAL) + (
+        "  stages:\n  - name: finetune\n    trainable: all\n    epochs: 2\n    optimizer: sgd\n"
+        "    learningRate: 1e-5\n"
+    )
+    [report] = validate_documents(text, "job.yaml")
+    assert report.errors == [], report.errors
+    assert report.result is not None
+    assert report.result.defaulted["spec"]["stages"][0]["learningRate"] == 1e-5
