@@ -456,6 +456,40 @@ class RunPolicy(ApiModel):
     )
 
 
+Strategy = Literal["auto", "stages"]
+
+
+class SearchBudget(ApiModel):
+    """Bounds of the `strategy: auto` recipe search (candidates run cheapest first until a bound is hit)."""
+
+    minutes: int = Field(
+        30,
+        ge=1,
+        le=10080,
+        description=(
+            "Wall-clock minutes the search may spend on candidates; no new candidate starts after that and "
+            "a running one stops at its next epoch end. Default 30."
+        ),
+    )
+    epochs: int = Field(
+        200,
+        ge=1,
+        le=100000,
+        description=(
+            "Training epochs the search may spend over all candidates (each candidate's stages count); a "
+            "candidate that would exceed it is skipped. Default 200."
+        ),
+    )
+
+
+def _auto_allowed(s: TransferJobSpec) -> bool:
+    return s.strategy != "auto" or (s.stages is None and s.classifier != "linear")
+
+
+def _budget_allowed(s: TransferJobSpec) -> bool:
+    return s.budget is None or s.resolved_strategy == "auto"
+
+
 class TransferJobSpec(ApiModel):
     """What to learn from, what to start from, how to train and where to publish."""
 
@@ -499,6 +533,31 @@ class TransferJobSpec(ApiModel):
                 s.classifier != "linear" or s.stages is None or all(st.trains_backbone for st in s.stages)
             ),
         ),
+        CelRule(
+            rule=(
+                "!has(self.strategy) || self.strategy != 'auto' || "
+                "(!has(self.stages) && (!has(self.classifier) || self.classifier != 'linear'))"
+            ),
+            message=(
+                "strategy auto chooses the stages and the classifier itself: remove stages and classifier "
+                "linear, or set strategy stages"
+            ),
+            field_path=".strategy",
+            check=_auto_allowed,
+        ),
+        CelRule(
+            rule=(
+                "!has(self.budget) || (!has(self.stages) && "
+                "(!has(self.classifier) || self.classifier != 'linear') && "
+                "(!has(self.strategy) || self.strategy == 'auto'))"
+            ),
+            message=(
+                "budget bounds the strategy auto search only: remove it, or remove stages and classifier "
+                "linear"
+            ),
+            field_path=".budget",
+            check=_budget_allowed,
+        ),
     )
 
     dataset: DatasetSpec = Field(..., description="Labelled images and their split.")
@@ -508,8 +567,27 @@ class TransferJobSpec(ApiModel):
         min_length=1,
         max_length=10,
         description=(
-            "Training stages, run in order. Default: 'head' (trainable 0, 10 epochs, adam 1e-3) then "
-            "'finetune' (trainable 50, 10 epochs, sgd 1e-4 momentum 0.9); with classifier linear, no stage."
+            "Training stages, run in order (strategy stages). Without stages the recipe search (strategy "
+            "auto) chooses them; with strategy stages and no stages: 'head' (trainable 0, 10 epochs, adam "
+            "1e-3) then 'finetune' (trainable 50, 10 epochs, sgd 1e-4 momentum 0.9); with classifier "
+            "linear, no stage."
+        ),
+    )
+    strategy: Strategy | None = Field(
+        None,
+        description=(
+            "How the recipe is chosen. auto: train candidate recipes (linear classifier and head on cached "
+            "features, fine-tunes of the top layers and of the whole backbone, with and without "
+            "augmentation), keep the best on the validation split, and publish its stages next to the "
+            "model (recipe.yaml) so the run can be pinned. stages: run stages as written (or the documented "
+            "default). Default: stages when stages or classifier linear are given, otherwise auto."
+        ),
+    )
+    budget: SearchBudget | None = Field(
+        None,
+        description=(
+            "Bounds of the strategy auto search (minutes, epochs); default 30 minutes and 200 epochs. "
+            "Only with strategy auto."
         ),
     )
     classifier: Literal["softmax", "linear"] = Field(
@@ -540,6 +618,18 @@ class TransferJobSpec(ApiModel):
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadline, TTL and suspend."
     )
+
+    @property
+    def resolved_strategy(self) -> Strategy:
+        """The strategy in effect: the spec's, else stages when stages or the linear classifier are given."""
+        if self.strategy is not None:
+            return self.strategy
+        return "stages" if self.stages is not None or self.classifier == "linear" else "auto"
+
+    @property
+    def resolved_budget(self) -> SearchBudget:
+        """The search budget: the spec's, or the defaults."""
+        return self.budget if self.budget is not None else SearchBudget()
 
     def resolved_stages(self) -> list[Stage]:
         """The stages to run: the spec's own, or the documented default for the classifier."""

@@ -106,6 +106,11 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
         )
     ),
     "linear-without-stages": _variant(_spec(classifier="linear")),
+    "strategy-auto-with-budget": _variant(_spec(strategy="auto", budget={"minutes": 5, "epochs": 40})),
+    "budget-without-strategy": _variant(_spec(budget={"minutes": 5})),
+    "strategy-stages-without-stages": _variant(_spec(strategy="stages")),
+    "strategy-stages-with-stages": _variant(_spec(strategy="stages", stages=[{"name": "a"}])),
+    "strategy-stages-with-linear": _variant(_spec(strategy="stages", classifier="linear")),
     "linear-then-finetune": _variant(_spec(classifier="linear", stages=[{"name": "ft", "trainable": 20}])),
     "cpu-as-integer": _variant(_spec(resources={"cpu": 4, "memory": 17179869184})),
     "cpu-millicores": _variant(_spec(resources={"cpu": "500m", "memory": "512Mi", "gpus": 0})),
