@@ -6,12 +6,21 @@ classes 5-9 by tests/harness/backbone.py). The baseline is the recipe of the Ker
 top layers and fit again, with no feature caching. Measured in one run:
 
 - frozen head stage: wall time to the same number of epochs, and held-out accuracy (target >= 10x faster at
-  equal or better accuracy);
-- fine-tune stage: training images per second (target >= 1.5x);
-- peak RSS of a whole run on 1x and 10x the data set, each in its own subprocess (target: 10x within 1.2x).
+  equal or better accuracy). Both clocks start with the model built and the PNG folder on disk, and stop when
+  the head stage ends: the tutorial's covers ``image_dataset_from_directory`` and ``model.fit`` (which decodes
+  the PNGs every epoch), kubegraft's covers discovery, fetching and decoding the images, the bottleneck
+  features, the head's epochs with their per-epoch checkpoints and the stage's final checkpoint (the real
+  `StageRunner` over a `PipelineSource`, as `kubegraft run` builds them);
+- fine-tune stage: training images per second (target >= 1.5x), from a whole `train()` run;
+- peak RSS of a whole ``kubegraft run FILE --local`` on 1x and 10x the data set, each in a fresh subprocess:
+  the child's own peak (``os.wait4``'s ru_maxrss, taken by a small launcher: see `_LAUNCHER`), its RSS from
+  /proc when the head stage's first epoch ends (the data in memory) and, for scale, a child that only
+  imports the trainer and builds the model (the fixed part). Target: 10x within 1.2x.
 
 Size knobs (environment): BENCH_TRAINER_PER_CLASS (default 400), BENCH_TRAINER_HEAD_EPOCHS (10, as the
-default head stage), BENCH_TRAINER_TUNE_EPOCHS (3), BENCH_TRAINER_RSS_PER_CLASS (100).
+default head stage), BENCH_TRAINER_TUNE_EPOCHS (3), BENCH_TRAINER_RSS_PER_CLASS (100), BENCH_TRAINER_SEEDS (3:
+the head stages of both sides are repeated with this many initialisation seeds; times and accuracies are
+their means).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +41,9 @@ _PER_CLASS = int(os.environ.get("BENCH_TRAINER_PER_CLASS", "400"))
 _HEAD_EPOCHS = int(os.environ.get("BENCH_TRAINER_HEAD_EPOCHS", "10"))
 _TUNE_EPOCHS = int(os.environ.get("BENCH_TRAINER_TUNE_EPOCHS", "3"))
 _RSS_PER_CLASS = int(os.environ.get("BENCH_TRAINER_RSS_PER_CLASS", "100"))
+# Head-stage repeats with different initialisation/dropout seeds: one run's held-out accuracy moves by about
+# 0.03 with the seed alone, as much as the difference being measured.
+_SEEDS = tuple(range(int(os.environ.get("BENCH_TRAINER_SEEDS", "3"))))
 _CLASSES = (0, 1, 2, 3, 4)
 _TRAINABLE = 30
 _BATCH = 32
@@ -44,39 +55,57 @@ def _held_out(root: Path) -> Path:
     return write_class_folders(root / "held-out", _CLASSES, 100, split="test", seed=1)
 
 
-def _baseline(train_dir: Path, test_dir: Path, backbone_path: Path) -> dict[str, float]:
+def _held_out_pixels(test_dir: Path) -> tuple[Any, list[str]]:
+    import tensorflow as tf
+
+    from kubegraft_trainer.images import decode_and_resize
+
+    files = sorted(test_dir.rglob("*.png"))
+    pixels = np.stack([decode_and_resize(tf.constant(p.read_bytes()), 32).numpy() for p in files])
+    return pixels, [p.parent.name for p in files]
+
+
+def _baseline(train_dir: Path, test_dir: Path, backbone_path: Path) -> dict[str, Any]:
     """The tutorial recipe, plainly: no caching, augmentation layers in the model, fit twice."""
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(0)
-    common: dict[str, Any] = {"image_size": (32, 32), "batch_size": _BATCH, "seed": 7, "label_mode": "int"}
-    train = keras.utils.image_dataset_from_directory(
-        train_dir, validation_split=0.15, subset="training", **common
-    )
-    val = keras.utils.image_dataset_from_directory(
-        train_dir, validation_split=0.15, subset="validation", **common
-    )
-    test = keras.utils.image_dataset_from_directory(test_dir, shuffle=False, **common)
+    heads: list[tuple[float, float]] = []
+    for seed in _SEEDS:
+        keras.utils.set_random_seed(seed)
+        base = keras.models.load_model(backbone_path, compile=False)
+        base.trainable = False
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.RandomFlip("horizontal")(inputs)
+        x = keras.applications.mobilenet_v2.preprocess_input(x)
+        x = base(x, training=False)
+        x = keras.layers.Dropout(0.2)(x)
+        outputs = keras.layers.Dense(5, activation="softmax")(x)
+        model = keras.Model(inputs, outputs)
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+        started = time.monotonic()  # the clock starts with the model built, like kubegraft's
+        common: dict[str, Any] = {
+            "image_size": (32, 32),
+            "batch_size": _BATCH,
+            "seed": 7,
+            "label_mode": "int",
+        }
+        train = keras.utils.image_dataset_from_directory(
+            train_dir, validation_split=0.15, subset="training", **common
+        )
+        val = keras.utils.image_dataset_from_directory(
+            train_dir, validation_split=0.15, subset="validation", **common
+        )
+        train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
+        model.fit(train, validation_data=val, epochs=_HEAD_EPOCHS, verbose=0)
+        head_seconds = time.monotonic() - started
+        test = keras.utils.image_dataset_from_directory(test_dir, shuffle=False, **common)
+        heads.append((head_seconds, float(model.evaluate(test, verbose=0)[1])))
+        print(f"  baseline head, seed {seed}: {heads[-1][0]:.1f} s, accuracy {heads[-1][1]:.3f}", flush=True)
     images = sum(int(x.shape[0]) for x, _ in train)
-    train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
 
-    base = keras.models.load_model(backbone_path, compile=False)
-    base.trainable = False
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.RandomFlip("horizontal")(inputs)
-    x = keras.applications.mobilenet_v2.preprocess_input(x)
-    x = base(x, training=False)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(5, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    started = time.monotonic()
-    model.fit(train, validation_data=val, epochs=_HEAD_EPOCHS, verbose=0)
-    head_seconds = time.monotonic() - started
-    head_accuracy = float(model.evaluate(test, verbose=0)[1])
-
-    base.trainable = True
+    base.trainable = True  # the last seed's model goes on to fine-tune
     for layer in base.layers[:-_TRAINABLE]:
         layer.trainable = False
     for layer in base.layers:
@@ -88,8 +117,9 @@ def _baseline(train_dir: Path, test_dir: Path, backbone_path: Path) -> dict[str,
     model.fit(train, validation_data=val, epochs=_TUNE_EPOCHS, verbose=0)
     tune_seconds = time.monotonic() - started
     return {
-        "head_seconds": head_seconds,
-        "head_accuracy": head_accuracy,
+        "head_seconds": float(np.mean([h[0] for h in heads])),
+        "head_accuracy": float(np.mean([h[1] for h in heads])),
+        "head_runs": ", ".join(f"{t:.1f} s / {a:.3f}" for t, a in heads),
         "tune_images_per_second": images * _TUNE_EPOCHS / tune_seconds,
         "train_images": images,
     }
@@ -129,12 +159,66 @@ def _spec(train_dir: Path, backbone_path: Path, output: Path, head_epochs: int, 
     )
 
 
-def _kubegraft(train_dir: Path, test_dir: Path, backbone_path: Path, output: Path) -> dict[str, float]:
+def _kubegraft_head(
+    train_dir: Path, test_dir: Path, backbone_path: Path, output: Path, seed: int
+) -> dict[str, float]:
+    """kubegraft's head stage as `kubegraft run` builds it, timed from discovery to the stage's end."""
     import io
 
+    import keras
     import tensorflow as tf
 
-    from kubegraft_trainer.images import decode_and_resize
+    from kubegraft.spec import TransferJobSpec
+    from kubegraft_trainer.backbones import load_backbone
+    from kubegraft_trainer.checkpoints import CheckpointStore, spec_hash
+    from kubegraft_trainer.dataset import discover
+    from kubegraft_trainer.model import build_transfer_model
+    from kubegraft_trainer.pipeline import ImageLoader
+    from kubegraft_trainer.progress import ProgressTracker
+    from kubegraft_trainer.sources import PipelineSource
+    from kubegraft_trainer.stages import StageRunner
+    from kubegraft_trainer.storage import open_storage
+
+    body = _spec(train_dir, backbone_path, output, _HEAD_EPOCHS, 1).model_dump(by_alias=True)
+    body["stages"] = body["stages"][:1]
+    spec = TransferJobSpec.model_validate(body)
+    keras.utils.set_random_seed(seed)  # initialisation and dropout; the split and shuffles stay the spec's
+    loaded = load_backbone(spec.model, 32, spec.storage, output / "backbone")
+    parts = build_transfer_model(loaded, spec.model.head, len(_CLASSES), spec.augmentation, seed=7)
+    store = CheckpointStore(spec.output.uri, f"bench-head-{seed}", spec.storage, spec_hash(spec))
+
+    started = time.monotonic()  # the model is built; data and training from here, as for the tutorial
+    storage = open_storage(spec.dataset.uri, spec.storage)
+    splits = discover(spec.dataset, storage)
+    with ImageLoader(storage, threads=4) as loader:
+        source = PipelineSource(splits, loader, 32)
+        runner = StageRunner(
+            parts,
+            spec,
+            source,
+            store=store,
+            tracker=ProgressTracker(out=io.StringIO()),
+            strategy=tf.distribute.get_strategy(),
+        )
+        (record,) = runner.run_all()
+    head_seconds = time.monotonic() - started
+    pixels, names = _held_out_pixels(test_dir)
+    truth = np.array([splits.classes.index(n) for n in names])
+    predicted = parts.model.predict(pixels, verbose=0).argmax(axis=1)
+    return {
+        "head_seconds": head_seconds,
+        "stage_seconds": record.seconds,
+        "feature_seconds": record.feature_seconds,
+        "epoch_seconds": float(sum(record.epoch_seconds)),
+        "head_accuracy": float(np.mean(predicted == truth)),
+        "train_images": len(splits.train),
+    }
+
+
+def _kubegraft_run(train_dir: Path, test_dir: Path, backbone_path: Path, output: Path) -> dict[str, float]:
+    """A whole `train()` run (head, then fine-tune): the fine-tune rate and the final held-out accuracy."""
+    import io
+
     from kubegraft_trainer.progress import ProgressTracker
     from kubegraft_trainer.run import train
 
@@ -143,73 +227,115 @@ def _kubegraft(train_dir: Path, test_dir: Path, backbone_path: Path, output: Pat
         run_id="bench",
         tracker=ProgressTracker(out=io.StringIO()),
     )
-    head, tune = result.records
-    files = sorted(test_dir.rglob("*.png"))
-    pixels = np.stack([decode_and_resize(tf.constant(p.read_bytes()), 32).numpy() for p in files])
-    truth = np.array([result.class_names.index(p.parent.name) for p in files])
-    # Head-only accuracy is not kept after fine-tuning; report the final model's and the head's val accuracy.
+    head, tune = result.records[-2:]
+    pixels, names = _held_out_pixels(test_dir)
+    truth = np.array([result.class_names.index(n) for n in names])
     final = float(np.mean(result.parts.model.predict(pixels, verbose=0).argmax(axis=1) == truth))
     return {
-        "head_seconds": head.seconds,
-        "head_val_accuracy": head.history["val_accuracy"][-1],
+        "run_head_seconds": head.seconds,
         "final_accuracy": final,
         "tune_images_per_second": tune.images_per_second or 0.0,
-        "feature_seconds": head.feature_seconds,
     }
 
 
-def _head_accuracy_kubegraft(train_dir: Path, test_dir: Path, backbone_path: Path, output: Path) -> float:
-    """Held-out accuracy right after kubegraft's head stage (a run with the head stage only)."""
-    import io
-
-    import tensorflow as tf
-
-    from kubegraft.spec import TransferJobSpec
-    from kubegraft_trainer.images import decode_and_resize
-    from kubegraft_trainer.progress import ProgressTracker
-    from kubegraft_trainer.run import train
-
-    spec = _spec(train_dir, backbone_path, output, _HEAD_EPOCHS, 1)
-    body = spec.model_dump(by_alias=True)
-    body["stages"] = body["stages"][:1]
-    result = train(
-        TransferJobSpec.model_validate(body), run_id="bench-head", tracker=ProgressTracker(out=io.StringIO())
-    )
-    files = sorted(test_dir.rglob("*.png"))
-    pixels = np.stack([decode_and_resize(tf.constant(p.read_bytes()), 32).numpy() for p in files])
-    truth = np.array([result.class_names.index(p.parent.name) for p in files])
-    return float(np.mean(result.parts.model.predict(pixels, verbose=0).argmax(axis=1) == truth))
+def _manifest(train_dir: Path, backbone_path: Path, output: Path, path: Path) -> Path:
+    """A TransferJob manifest for `kubegraft run`: head 2 epochs, fine-tune 1."""
+    spec = _spec(train_dir, backbone_path, output, 2, 1)
+    body = {
+        "apiVersion": "kubegraft.io/v1alpha1",
+        "kind": "TransferJob",
+        "metadata": {"name": "bench-rss"},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    path.write_text(json.dumps(body))
+    return path
 
 
-def _rss_child(train_dir: str, backbone_path: str, output: str) -> None:
-    """Subprocess body: one whole run (head 2 epochs, fine-tune 1), then print the peak RSS in MiB."""
-    import io
+# Runs the measured command as its child and reports that child's own peak. The measured command must not be
+# spawned from this benchmark's process directly: Linux carries a process's peak RSS across exec, and a child
+# forked (or vforked) from a parent holding TensorFlow and models starts with the parent's ~1.1 GiB high-water
+# mark, which is what an earlier version of this benchmark reported for every size. A small launcher's own
+# footprint (about 10 MiB) is all that can leak into the figure this way.
+_LAUNCHER = """
+import json, os, sys
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ)
+print(json.dumps({"pid": pid}), flush=True)
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"maxrss_kib": usage.ru_maxrss, "exit": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
 
-    from kubegraft_trainer.progress import ProgressTracker
-    from kubegraft_trainer.run import train
 
-    train(
-        _spec(Path(train_dir), Path(backbone_path), Path(output), 2, 1),
-        run_id="rss",
-        tracker=ProgressTracker(out=io.StringIO()),
-    )
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+def _proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a live process in MiB, from /proc."""
+    values: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError):
+        return {}
+    return values
 
 
-def _peak_rss(train_dir: Path, backbone_path: Path, output: Path) -> float:
-    code = (
-        "import sys; from bench.bench_trainer import _rss_child; "
-        f"_rss_child({str(train_dir)!r}, {str(backbone_path)!r}, {str(output)!r})"
-    )
-    done = subprocess.run(  # our own interpreter and module
-        [sys.executable, "-c", code],
-        capture_output=True,
+def _measure_child(argv: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run ``argv`` (through the launcher); its peak RSS, and its RSS when it prints its first epoch line."""
+    launcher = subprocess.Popen(  # our own interpreter running the launcher above
+        [sys.executable, "-c", _LAUNCHER, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        check=True,
+        env=env,
         cwd=Path(__file__).parent.parent,
     )
-    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
-    return float(json.loads(last)["peak_rss_mib"])
+    pid = 0
+    hwm = 0.0
+    first_epoch = 0.0
+    result: dict[str, Any] = {}
+    lines: list[str] = []
+    assert launcher.stdout is not None
+    for line in launcher.stdout:
+        lines.append(line)
+        if line.startswith('{"pid"'):
+            pid = int(json.loads(line)["pid"])
+        elif line.startswith('{"maxrss_kib"'):
+            result = json.loads(line)
+        elif pid:
+            status = _proc_status(pid)
+            hwm = max(hwm, status.get("VmHWM", 0.0))
+            if not first_epoch and "] epoch 1/" in line:
+                first_epoch = status.get("VmRSS", 0.0)
+    launcher.wait()
+    if not result or result["exit"] != 0:
+        raise RuntimeError(f"{argv[:3]} failed ({result}):\n{''.join(lines[-30:])}")
+    return {"peak": result["maxrss_kib"] / 1024, "hwm_seen": hwm, "first_epoch": first_epoch}
+
+
+def _fixed_rss(backbone_path: Path) -> float:
+    """Peak RSS of a child that imports the trainer and builds the model, without any data."""
+    code = (
+        "import keras, resource; from kubegraft.spec import TransferJobSpec; "
+        "from kubegraft_trainer import run; from kubegraft_trainer.backbones import load_backbone; "
+        "from kubegraft_trainer.model import build_transfer_model; "
+        f"spec = TransferJobSpec.model_validate({{'dataset': {{'uri': '/x', 'imageSize': 32}}, "
+        f"'model': {{'backbone': 'MobileNetV2', 'weights': {str(backbone_path)!r}}}, "
+        "'output': {'uri': '/y'}}); "
+        "loaded = load_backbone(spec.model, 32, spec.storage); "
+        "build_transfer_model(loaded, spec.model.head, 5, spec.augmentation)"
+    )
+    return _measure_child([sys.executable, "-c", code], dict(os.environ))["peak"]
+
+
+def _peak_rss(train_dir: Path, backbone_path: Path, output: Path) -> dict[str, float]:
+    """``kubegraft run FILE --local`` on a manifest over ``train_dir``, in a fresh process."""
+    manifest = _manifest(train_dir, backbone_path, output, output.parent / f"{output.name}.json")
+    env = {
+        **os.environ,
+        "KUBEGRAFT_TERMINATION_LOG": str(output.parent / f"{output.name}.termination"),
+        "KUBEGRAFT_RUN_ID": output.name,
+    }
+    kubegraft = str(Path(sys.executable).parent / "kubegraft")
+    return _measure_child([kubegraft, "run", str(manifest), "--local", "--progress-port", "0"], env)
 
 
 def run() -> str:
@@ -225,31 +351,36 @@ def run() -> str:
         print(f"  data: {_PER_CLASS * 5} training PNGs, 500 held-out", flush=True)
         base = _baseline(train_dir, test_dir, backbone_path)
         print(f"  baseline: {base}", flush=True)
-        ours = _kubegraft(train_dir, test_dir, backbone_path, root / "out")
-        ours["head_accuracy"] = _head_accuracy_kubegraft(
-            train_dir, test_dir, backbone_path, root / "out-head"
-        )
+        heads = [
+            _kubegraft_head(train_dir, test_dir, backbone_path, root / f"out-head-{seed}", seed)
+            for seed in _SEEDS
+        ]
+        ours: dict[str, Any] = {k: float(np.mean([h[k] for h in heads])) for k in heads[0]}
+        ours["head_runs"] = ", ".join(f"{h['head_seconds']:.2f} s / {h['head_accuracy']:.3f}" for h in heads)
+        ours.update(_kubegraft_run(train_dir, test_dir, backbone_path, root / "out"))
         print(f"  kubegraft: {ours}", flush=True)
         small = write_class_folders(root / "rss1", _CLASSES, _RSS_PER_CLASS, split="train", seed=2)
         large = write_class_folders(root / "rss10", _CLASSES, _RSS_PER_CLASS * 10, split="train", seed=2)
+        fixed = _fixed_rss(backbone_path)
         rss1 = _peak_rss(small, backbone_path, root / "out-rss1")
         rss10 = _peak_rss(large, backbone_path, root / "out-rss10")
-        print(f"  peak RSS: {rss1:.0f} MiB (1x), {rss10:.0f} MiB (10x)", flush=True)
+        print(f"  RSS: fixed {fixed:.0f} MiB, 1x {rss1}, 10x {rss10}", flush=True)
 
     head_ratio = base["head_seconds"] / ours["head_seconds"]
     tune_ratio = ours["tune_images_per_second"] / base["tune_images_per_second"]
-    rss_ratio = rss10 / rss1
+    rss_ratio = rss10["peak"] / rss1["peak"]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}"
+    load = os.getloadavg()[0]
     rows = [
         (
-            f"head stage, {_HEAD_EPOCHS} epochs (s)",
+            f"head stage, {_HEAD_EPOCHS} epochs, data loading included (s, mean of {len(_SEEDS)})",
             f"{base['head_seconds']:.1f}",
-            f"{ours['head_seconds']:.1f} (features {ours['feature_seconds']:.1f})",
+            f"{ours['head_seconds']:.2f}",
             f"{head_ratio:.1f}x faster",
             ">= 10x",
         ),
         (
-            "held-out accuracy after the head stage",
+            f"held-out accuracy after the head stage (mean of {len(_SEEDS)})",
             f"{base['head_accuracy']:.3f}",
             f"{ours['head_accuracy']:.3f}",
             f"{ours['head_accuracy'] - base['head_accuracy']:+.3f}",
@@ -263,9 +394,9 @@ def run() -> str:
             ">= 1.5x",
         ),
         (
-            f"peak RSS, whole run, {_RSS_PER_CLASS * 5} / {_RSS_PER_CLASS * 50} images (MiB)",
+            f"peak RSS of `kubegraft run`, {_RSS_PER_CLASS * 5} / {_RSS_PER_CLASS * 50} images (MiB)",
             "",
-            f"{rss1:.0f} / {rss10:.0f}",
+            f"{rss1['peak']:.0f} / {rss10['peak']:.0f}",
             f"{rss_ratio:.2f}x",
             "<= 1.2x",
         ),
@@ -273,18 +404,46 @@ def run() -> str:
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     return f"""## Trainer: staged run vs the tutorial recipe
 
-Machine: {machine}. Task: Fashion-MNIST classes 0-4 as {_PER_CLASS * 5} PNG files (32 px), MobileNetV2
-(alpha 0.35) pretrained on classes 5-9; held-out: 500 t10k images. Baseline: `image_dataset_from_directory` +
-RandomFlip + frozen backbone + `model.fit`, then the top {_TRAINABLE} layers unfrozen (no caching). kubegraft:
-head stage on cached bottleneck features (augmentation off), then the same fine-tune.
+Machine: {machine}; 1-minute load average {load:.1f} at the end. Task: Fashion-MNIST classes 0-4 as
+{_PER_CLASS * 5} PNG files (32 px), MobileNetV2 (alpha 0.35) pretrained on classes 5-9; held-out: 500 t10k
+images. Baseline: `image_dataset_from_directory` + RandomFlip + frozen backbone + `model.fit`, then the top
+{_TRAINABLE} layers unfrozen (no caching). kubegraft: head stage on cached bottleneck features (augmentation
+off), then the same fine-tune.
 
 | measure | tutorial recipe | kubegraft | ratio | target |
 |---|---|---|---|---|
 {table}
 
-kubegraft's held-out accuracy after fine-tuning: {ours["final_accuracy"]:.3f}. kubegraft's head-stage time
-includes its one feature-extraction pass. Five other engineers share these two cores, so absolute times are
-noisy; the ratios come from the same run.
+- Head stage clocks: both start with the model built and the PNG folder on disk and stop when the head
+  stage's last epoch is done. The tutorial's covers `image_dataset_from_directory` and `model.fit`
+  ({base["train_images"]:.0f} training images, decoded every epoch); kubegraft's covers discovery,
+  fetching and decoding all splits once, the bottleneck features (train, validation and test),
+  {_HEAD_EPOCHS} head epochs with a checkpoint after each, and the stage's final checkpoint
+  ({ours["train_images"]:.0f} training images: kubegraft also holds out a 1% test split). Of kubegraft's
+  {ours["head_seconds"]:.2f} s (means), the stage took {ours["stage_seconds"]:.2f} s:
+  {ours["feature_seconds"]:.2f} s decoding and extracting features, {ours["epoch_seconds"]:.2f} s in the
+  {_HEAD_EPOCHS} epochs.
+- Head stage runs (time / held-out accuracy per seed): tutorial {base["head_runs"]}; kubegraft
+  {ours["head_runs"]}. The seed sets initialisation and dropout; the split and the shuffles are fixed.
+- Inside a whole `train()` run (head, then {_TUNE_EPOCHS} fine-tune epochs) the head stage took
+  {ours["run_head_seconds"]:.2f} s (the backbone health check before the stages has decoded the training
+  split by then); that run's held-out accuracy after fine-tuning: {ours["final_accuracy"]:.3f}.
+- Why the 10x target is missed: kubegraft's head epochs are cheap ({ours["epoch_seconds"]:.2f} s for
+  {_HEAD_EPOCHS}), but one pass of fetching, checking and decoding the PNGs plus one traced backbone pass
+  ({ours["feature_seconds"]:.2f} s) already costs more than a tenth of the tutorial's
+  {base["head_seconds"]:.1f} s on this box: the tutorial's ten epochs decode and run the backbone ten times,
+  so the best the cache can give at ten epochs is about the tutorial's time over (one pass + head epochs).
+  The accuracy comparison is not like for like in one respect, left as measured: the tutorial trains with
+  random flips, while kubegraft's cached head sees the unflipped images (flips would put it on the uncached
+  path, like the tutorial's); this run does not separate that from other causes.
+- Peak RSS: each size is a fresh `kubegraft run FILE --local` process (head 2 epochs, fine-tune 1,
+  export), its own peak from `os.wait4` in a small launcher process (spawned directly from the benchmark,
+  a child inherits the benchmark's own ~1.1 GiB high-water mark across exec: the cause of the identical
+  figures reported before). A process that only imports the trainer and builds the model
+  peaks at {fixed:.0f} MiB (the fixed part). RSS when the head stage's first epoch ends (all splits decoded
+  and their features extracted): {rss1["first_epoch"]:.0f} MiB (1x), {rss10["first_epoch"]:.0f} MiB (10x).
+- Absolute times are noisy (other work shares these two cores); the ratios come from the same run.
+  Command: `BENCH=trainer make bench`.
 """
 
 

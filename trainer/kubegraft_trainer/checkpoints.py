@@ -7,10 +7,15 @@ publish. What is stored:
 - ``state.json``: the run's spec hash, the finished stages with their histories, and for the current stage
   the finished epochs, its history, the early-stopping state and the names of the files below. It is written
   last, so it always names complete files;
-- ``model-s<i>.weights.h5``: the full model after finished stage ``i``;
-- ``stage-s<i>-e<e>.weights.h5``, ``.optimizer.npz`` and ``.best.npz``: what the stage trains (the head alone
+- ``model-s<i>.weights.npz``: the full model's weights (``model.get_weights()`` order) after finished stage
+  ``i``;
+- ``stage-s<i>-e<e>.weights.npz``, ``.optimizer.npz`` and ``.best.npz``: what the stage trains (the head alone
   for cached-feature stages, else the full model), its optimizer's variables and the early-stopping best
   weights, after epoch ``e``.
+
+Weights are plain NumPy archives of the variables in the model's own order (the model is rebuilt from the same
+spec on resume): writing one takes milliseconds, where Keras' ``.weights.h5`` took about half a second for a
+MobileNetV2, inside the stage's time. Checkpoints written as ``.weights.h5`` by earlier versions still load.
 
 A checkpoint written by a different spec (its hash differs) is ignored and the run starts over.
 """
@@ -185,7 +190,10 @@ class CheckpointStore:
         return local
 
     def load_weights(self, model: keras.Model, name: str) -> None:
-        """Load a weights file of this checkpoint into ``model``."""
+        """Load a weights file of this checkpoint into ``model`` (``.npz`` arrays or a Keras ``.h5``)."""
+        if name.endswith(".npz"):
+            model.set_weights(self.load_arrays(name))
+            return
         model.load_weights(self._fetch(name))
 
     def load_arrays(self, name: str) -> list[np.ndarray[Any, Any]]:
@@ -193,10 +201,7 @@ class CheckpointStore:
         return _bytes_to_arrays(self.storage.read_bytes(name))
 
     def _put_weights(self, model: keras.Model, name: str) -> None:
-        local = self._scratch / name
-        model.save_weights(local)
-        self.storage.upload_file(local, name)
-        local.unlink()
+        self.storage.write_bytes(name, _arrays_to_bytes(model.get_weights()))
 
     def _write_state(self, stale: list[str]) -> None:
         self.storage.write_bytes(STATE_FILE, self.state.to_json().encode())
@@ -227,7 +232,7 @@ class CheckpointStore:
             cached_features: Whether the stage trains the head on cached features.
         """
         stem = f"stage-s{index}-e{epochs_done}"
-        weights, optimizer = f"{stem}.weights.h5", f"{stem}.optimizer.npz"
+        weights, optimizer = f"{stem}.weights.npz", f"{stem}.optimizer.npz"
         self._put_weights(trained, weights)
         self.storage.write_bytes(optimizer, _arrays_to_bytes(optimizer_arrays(trained.optimizer)))
         best = None
@@ -249,7 +254,7 @@ class CheckpointStore:
             model: The full model after the stage.
             record: The stage's summary (name, history, timings) as written to metrics.json.
         """
-        name = f"model-s{index}.weights.h5"
+        name = f"model-s{index}.weights.npz"
         self._put_weights(model, name)
         previous_model = self.state.model_weights
         previous_stage = self.state.stage

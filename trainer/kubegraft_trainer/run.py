@@ -25,6 +25,7 @@ import tensorflow as tf
 import yaml
 from pydantic import ValidationError
 
+from kubegraft.manifests import load_manifest
 from kubegraft.runtime import (
     ENV_RUN_ID,
     ENV_SCRATCH_DIR,
@@ -34,10 +35,12 @@ from kubegraft.runtime import (
     SPEC_MOUNT_DIR,
     ExitCode,
     FailureReason,
+    NoticeReason,
 )
-from kubegraft.spec import TransferJob, TransferJobSpec
+from kubegraft.spec import API_VERSION, KIND, TransferJob, TransferJobSpec
 from kubegraft.status import ImageCounts
 from kubegraft_trainer.backbones import LoadedBackbone, load_backbone
+from kubegraft_trainer.baseline import area_downsample, fit_pixel_baseline, transfer_gain
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.checkpoints import CheckpointStore, default_run_id, spec_hash
 from kubegraft_trainer.dataset import DatasetSplits, discover
@@ -52,17 +55,27 @@ from kubegraft_trainer.export import (
     write_savedmodel,
     write_tflite,
 )
+from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
 from kubegraft_trainer.model import TransferModel, build_transfer_model, configure_devices, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
 from kubegraft_trainer.report import build_metrics, evaluate, write_report
+from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
 from kubegraft_trainer.sources import PipelineSource
-from kubegraft_trainer.stages import StageRecord, StageRunner, predict_split
+from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
 from kubegraft_trainer.storage import open_storage
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "transferjob.json"
+RECIPE_FILE = "recipe.yaml"
+PINNED_NAME = "pinned-recipe"  # metadata.name of recipe.yaml: a valid placeholder the user renames
+# Training images the health check measures and re-estimates BN statistics on (one forward pass each).
+HEALTH_IMAGES = 1024
+# Training images the raw-pixel baseline is fitted on (a logistic regression on 16 px pixels, C by 3-fold CV:
+# about 1 s for 500 images and 1.5 s for 1,000 on 2 cores, docs/quality.md); larger splits use the first ones.
+BASELINE_MAX_TRAIN = 5000
+BASELINE_SIDE = 16
 _DISK_CACHE_BYTES = 8 * 1024**3
 
 
@@ -92,7 +105,7 @@ def load_spec(path: str | Path) -> TransferJobSpec:
         TrainerError: The file is missing, not YAML, or not a valid TransferJob (InvalidSpec).
     """
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_manifest(Path(path).read_text(encoding="utf-8"))  # 1e-5 is a float, as kubectl reads it
     except (OSError, yaml.YAMLError) as exc:
         raise TrainerError(
             FailureReason.INVALID_SPEC, f"cannot read the TransferJob at {path}: {exc}"
@@ -129,7 +142,11 @@ def train(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     workdir: Path | None = None,
 ) -> RunResult:
-    """Train a spec's stages and publish the model as the output's next version.
+    """Train a spec (its stages, or strategy auto's recipe search) and publish the model as the next version.
+
+    Every run checks the backbone's health before training (re-estimating collapsed BatchNormalization
+    statistics), and reports a raw-pixel logistic regression beside the model on the test split
+    (``baseline_accuracy``, ``transfer_gain``).
 
     Args:
         spec: The TransferJob spec.
@@ -169,9 +186,10 @@ def train(
                 seed=spec.dataset.seed,
             )
         timings["load"] = time.monotonic() - started
-        runner, store, probabilities, labels, skipped = _train_and_predict(
+        trained = _train_and_predict(
             spec,
             splits,
+            loaded,
             parts,
             strategy=strategy,
             run_id=run_id,
@@ -181,34 +199,42 @@ def train(
             verbose=verbose,
             extra_callbacks=extra_callbacks,
         )
-        records = runner.records
+        parts, records = trained.parts, trained.runner.records
 
-        test = evaluate(probabilities, labels, splits.classes)
-        counts = ImageCounts(**splits.counts, skipped=len(skipped))
+        test = evaluate(trained.probabilities, trained.labels, splits.classes)
+        counts = ImageCounts(**splits.counts, skipped=len(trained.skipped))
         tracker.set_images(counts)
         if test["accuracy"] is not None:
             tracker.add_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
+        quality = _report_transfer_gain(trained.baseline, test["accuracy"], tracker)
 
         phase = time.monotonic()
         build = scratch / "version"
-        write_version(build, parts, spec, splits.classes)
+        pinned = trained.search.spec if trained.search is not None else None
+        write_version(build, parts, spec, splits.classes, pinned=pinned)
         timings["export"] = time.monotonic() - phase
         timings["total"] = time.monotonic() - started
+        extra: dict[str, Any] = {
+            "model": _model_record(spec, loaded, parts),
+            "images": counts.model_dump(by_alias=True),
+            "replicas": strategy.num_replicas_in_sync,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "strategy": spec.resolved_strategy,
+            "health": trained.health,
+            **quality,
+        }
+        if trained.search is not None:
+            extra["search"] = trained.search.record()
         metrics = build_metrics(
             records=records,
             test=test,
             class_names=splits.classes,
             split_record=splits.record(),
-            skipped=skipped,
+            skipped=trained.skipped,
             timings=timings,
             run_id=run_id,
-            recipe=runner.recipe(),
-            extra={
-                "model": _model_record(spec, loaded, parts),
-                "images": counts.model_dump(by_alias=True),
-                "replicas": strategy.num_replicas_in_sync,
-                "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-            },
+            recipe=trained.search.recipe if trained.search is not None else trained.runner.recipe(),
+            extra=extra,
         )
         write_report(build, metrics, records, splits.classes)
 
@@ -217,7 +243,7 @@ def train(
         )
         version = publish(build, output, run_id, record={"testAccuracy": test["accuracy"]})
         model_uri = output.join(str(version)) + "/"
-        store.delete()
+        trained.runner.store.delete()
         tracker.set_state("succeeded", model_uri=model_uri)
         log.info("published %s (test accuracy %s)", model_uri, test["accuracy"])
         print(f"published {model_uri} test_accuracy={test['accuracy']}", flush=True)
@@ -227,9 +253,35 @@ def train(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass
+class Trained:
+    """What training produced before evaluation: the model, its runner, test predictions and side records.
+
+    Attributes:
+        parts: The trained model (the search's winner with strategy auto).
+        runner: The stage runner that trained it (its records and recipe).
+        probabilities: Test-split probabilities [N, C].
+        labels: Test-split labels [N].
+        skipped: Keys of unreadable images (filled in by the loader).
+        health: Backbone health records (``before_training``; ``after_training`` when BN layers trained).
+        baseline: The raw-pixel baseline's record (test accuracy when fitted).
+        search: The search's outcome with strategy auto.
+    """
+
+    parts: TransferModel
+    runner: StageRunner
+    probabilities: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any]
+    skipped: list[str]
+    health: dict[str, Any]
+    baseline: dict[str, Any]
+    search: SearchOutcome | None
+
+
 def _train_and_predict(
     spec: TransferJobSpec,
     splits: DatasetSplits,
+    loaded: LoadedBackbone,
     parts: TransferModel,
     *,
     strategy: tf.distribute.Strategy,
@@ -239,14 +291,111 @@ def _train_and_predict(
     timings: dict[str, float],
     verbose: int,
     extra_callbacks: Sequence[keras.callbacks.Callback],
-) -> tuple[StageRunner, CheckpointStore, np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]]:
-    """Run the stages, then predict the test split; storage failures behind TensorFlow errors surface."""
+) -> Trained:
+    """`train_on_source` over the data set's images; storage failures behind TensorFlow errors surface."""
     remote = spec.dataset.uri.startswith("s3://")
     cache = DiskCache(scratch / "images", _DISK_CACHE_BYTES) if remote else None
     data_storage = open_storage(spec.dataset.uri, spec.storage)
     with ImageLoader(data_storage, threads=32 if remote else 4, cache=cache) as loader:
         source = PipelineSource(splits, loader, parts.image_size)
         store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec))
+        try:
+            trained = train_on_source(
+                spec,
+                source,
+                loaded,
+                parts,
+                num_classes=len(splits.classes),
+                store=store,
+                strategy=strategy,
+                run_id=run_id,
+                tracker=tracker,
+                timings=timings,
+                verbose=verbose,
+                extra_callbacks=extra_callbacks,
+            )
+        except tf.errors.OpError:
+            if loader.failure is not None:
+                raise loader.failure from None
+            raise
+        loader.report_skipped()
+        trained.skipped = list(loader.skipped)
+        if trained.search is not None:
+            store.delete()  # the search checkpoints nothing; drop the store's scratch folder
+        return trained
+
+
+def train_on_source(
+    spec: TransferJobSpec,
+    source: ImageSource,
+    loaded: LoadedBackbone,
+    parts: TransferModel,
+    *,
+    num_classes: int,
+    store: CheckpointStore,
+    strategy: tf.distribute.Strategy,
+    run_id: str,
+    tracker: ProgressTracker,
+    timings: dict[str, float],
+    verbose: int = 0,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_candidate: CandidateHook | None = None,
+) -> Trained:
+    """Check backbone health, train (stages, or strategy auto's search), predict test, fit the baseline.
+
+    Args:
+        spec: The TransferJob spec.
+        source: The images by split.
+        loaded: The backbone.
+        parts: The model built for ``spec`` (used as is with strategy stages; its feature extractor serves
+            the health check either way).
+        num_classes: Number of classes.
+        store: The run's checkpoint store (strategy stages).
+        strategy: The distribution strategy.
+        run_id: The run's id.
+        tracker: Progress reporting.
+        timings: Seconds per phase, filled in (health, train, evaluate, baseline).
+        verbose: Keras fit verbosity.
+        extra_callbacks: More Keras callbacks for every fit.
+        on_candidate: With strategy auto, called with each trained candidate (benchmarks score them).
+
+    Returns:
+        What training produced (``skipped`` empty: the caller's loader knows).
+    """
+    search: SearchOutcome | None = None
+    phase = time.monotonic()
+    health: dict[str, Any] = {"before_training": _check_health(parts, source, tracker, "before training")}
+    timings["health"] = time.monotonic() - phase
+    phase = time.monotonic()
+    if spec.resolved_strategy == "auto":
+        search = search_recipe(
+            spec,
+            loaded,
+            num_classes,
+            source,
+            tracker=tracker,
+            strategy=strategy,
+            run_id=run_id,
+            verbose=verbose,
+            extra_callbacks=extra_callbacks,
+            on_candidate=on_candidate,
+        )
+        parts, runner = search.parts, search.runner
+        epochs = sum(c.epochs for c in search.candidates)
+        tracker.set_plan(runner.step_names, epochs, search.recipe)
+        tracker.update(completed_epochs=epochs)
+        if _trained_batchnorm(parts, runner):  # the winner's BN layers trained: check them once more
+            health["after_training"] = _check_health(parts, source, tracker, "after training")
+    else:
+        model = parts
+
+        def after_stage(record: StageRecord) -> None:
+            """After a stage that trained BN layers (a backbone from scratch): check the features again."""
+            trains = record.trainable == "all" or (isinstance(record.trainable, int) and record.trainable > 0)
+            if trains and not model.pretrained:
+                check = _check_health(model, source, tracker, f"after stage {record.name}")
+                health.setdefault("after_stages", []).append({"stage": record.name, **check})
+
         runner = StageRunner(
             parts,
             spec,
@@ -256,21 +405,106 @@ def _train_and_predict(
             strategy=strategy,
             verbose=verbose,
             extra_callbacks=extra_callbacks,
+            after_stage=after_stage,
         )
-        try:
-            phase = time.monotonic()
-            runner.run_all()
-            timings["train"] = time.monotonic() - phase
-            tracker.set_state("exporting")
-            phase = time.monotonic()
-            probabilities, labels = predict_split(parts.model, source, "test")
-            timings["evaluate"] = time.monotonic() - phase
-        except tf.errors.OpError:
-            if loader.failure is not None:
-                raise loader.failure from None
-            raise
-        loader.report_skipped()
-        return runner, store, probabilities, labels, loader.skipped
+        runner.run_all()
+    timings["train"] = time.monotonic() - phase
+    tracker.set_state("exporting")
+    phase = time.monotonic()
+    probabilities, labels = predict_split(parts.model, source, "test")
+    timings["evaluate"] = time.monotonic() - phase
+    phase = time.monotonic()
+    baseline = _fit_baseline(source, spec.dataset.seed)
+    timings["baseline"] = time.monotonic() - phase
+    return Trained(parts, runner, probabilities, labels, [], health, baseline, search)
+
+
+def _pixels(
+    source: ImageSource, split: str, limit: int, side: int | None = None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The first ``limit`` raw images of a split (area-downsampled to ``side`` per batch when given)."""
+    images: list[np.ndarray[Any, Any]] = []
+    labels: list[np.ndarray[Any, Any]] = []
+    count = 0
+    for batch, batch_labels in source.images(split, 256, shuffle=False, seed=0):
+        array = np.asarray(batch)[: limit - count]
+        images.append(area_downsample(array, side).astype("float32") if side else array)
+        labels.append(np.asarray(batch_labels)[: limit - count])
+        count += len(array)
+        if count >= limit:
+            break
+    if not images:
+        return np.zeros((0,), "float32"), np.zeros((0,), "int32")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _check_health(
+    parts: TransferModel, source: ImageSource, tracker: ProgressTracker, when: str
+) -> dict[str, Any]:
+    """Measure the backbone's inference-mode feature spread on training images; repair a collapsed one."""
+    phase = time.monotonic()
+    images, _ = _pixels(source, "train", HEALTH_IMAGES)
+    if len(images) < 2:
+        return {"checked": False, "reason": "fewer than two training images"}
+    # parts.features is preprocessing + backbone in inference mode: raw pixels in, as the stages see them.
+    report = check_backbone_health(parts.features, images)
+    # "sample": images the spread was measured on (one forward pass each, twice when repaired).
+    sample = min(len(images), SPREAD_SAMPLE)
+    record = {"checked": True, **report.to_dict(), "sample": sample, "seconds": time.monotonic() - phase}
+    if report.repaired:
+        message = (
+            f"the backbone's features {when} were collapsed (spread {report.spread_before:.2g} < "
+            f"{report.threshold:g}): stale BatchNormalization statistics; re-estimated "
+            f"{report.layers_updated} BN layers on {report.images} training images, spread now "
+            f"{report.spread_after:.3f}"
+        )
+        tracker.add_notice(NoticeReason.BATCH_NORM_REESTIMATED, message)
+        log.warning(message)
+    return record
+
+
+def _trained_batchnorm(parts: TransferModel, runner: StageRunner) -> bool:
+    """Whether a stage trained BatchNormalization layers (only a backbone from scratch trains them)."""
+    return not parts.pretrained and any(s.trains_backbone for s in runner.stages)
+
+
+def _fit_baseline(source: ImageSource, seed: int) -> dict[str, Any]:
+    """Fit the raw-pixel logistic regression on the training split and score it on the test split."""
+    started = time.monotonic()
+    train_x, train_y = _pixels(source, "train", BASELINE_MAX_TRAIN, BASELINE_SIDE)
+    test_x, test_y = _pixels(source, "test", source.count("test"), BASELINE_SIDE)
+    if len(np.unique(train_y)) < 2 or len(test_x) == 0:
+        return {"fitted": False, "reason": "needs two training classes and test images"}
+    baseline = fit_pixel_baseline(train_x, train_y, seed=seed, side=BASELINE_SIDE)
+    return {
+        "fitted": True,
+        "model": "logistic regression on raw pixels",
+        "side": baseline.side,
+        "C": baseline.c,
+        "cv_accuracy": {str(c): a for c, a in baseline.cv_accuracy.items()},
+        "train_images": len(train_x),
+        "accuracy": baseline.score(test_x, test_y),
+        "seconds": time.monotonic() - started,
+    }
+
+
+def _report_transfer_gain(
+    baseline: dict[str, Any], model_accuracy: float | None, tracker: ProgressTracker
+) -> dict[str, Any]:
+    """metrics.json's baseline entries; the tracker's metrics; NoTransferGain when the model does not win."""
+    if not baseline.get("fitted") or model_accuracy is None:
+        return {"baseline": baseline}
+    accuracy = float(baseline["accuracy"])
+    gain = transfer_gain(float(model_accuracy), accuracy)
+    tracker.add_metrics({"baseline_accuracy": accuracy, "transfer_gain": gain})
+    if gain <= 0:
+        tracker.add_notice(
+            NoticeReason.NO_TRANSFER_GAIN,
+            f"the model's test accuracy {model_accuracy:.3f} does not beat a logistic regression on raw "
+            f"pixels ({accuracy:.3f}, transfer gain {gain:+.3f}): the backbone's features do not help on "
+            "this data; see metrics.json and docs/quality.md",
+        )
+    return {"baseline": baseline, "baseline_accuracy": accuracy, "transfer_gain": gain}
 
 
 def _model_record(spec: TransferJobSpec, loaded: LoadedBackbone, parts: TransferModel) -> dict[str, Any]:
@@ -284,7 +518,14 @@ def _model_record(spec: TransferJobSpec, loaded: LoadedBackbone, parts: Transfer
     }
 
 
-def write_version(build: Path, parts: TransferModel, spec: TransferJobSpec, class_names: list[str]) -> None:
+def write_version(
+    build: Path,
+    parts: TransferModel,
+    spec: TransferJobSpec,
+    class_names: list[str],
+    *,
+    pinned: TransferJobSpec | None = None,
+) -> None:
     """Write a version's model files into a fresh local folder: SavedModel, labels, asked formats, the spec.
 
     Args:
@@ -292,6 +533,8 @@ def write_version(build: Path, parts: TransferModel, spec: TransferJobSpec, clas
         parts: The trained model.
         spec: The spec, written next to the model as transferjob.json.
         class_names: Class names in output order.
+        pinned: With strategy auto, the chosen recipe as an explicit spec, written as recipe.yaml (a
+            TransferJob manifest with ``strategy: stages`` that reruns the winner).
     """
     shutil.rmtree(build, ignore_errors=True)
     write_savedmodel(parts.model, class_names, parts.image_size, build)
@@ -301,6 +544,18 @@ def write_version(build: Path, parts: TransferModel, spec: TransferJobSpec, clas
     if "tflite" in spec.output.formats:
         write_tflite(parts.model, parts.image_size, build / TFLITE_FILE)
     (build / SPEC_FILE).write_text(spec.model_dump_json(by_alias=True, indent=1) + "\n", encoding="utf-8")
+    if pinned is not None:
+        manifest = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": PINNED_NAME},
+            "spec": pinned.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        header = (
+            "# The recipe strategy auto chose, as explicit stages (strategy: stages): rename it and\n"
+            "# apply it to rerun exactly this recipe without a search.\n"
+        )
+        (build / RECIPE_FILE).write_text(header + yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
 
 def spec_path_from_env() -> str:

@@ -3,9 +3,10 @@
 `kubegraft_trainer.run` wraps the data layer (`dataset.discover`, `pipeline.ImageLoader`,
 `pipeline.make_dataset`) in a `PipelineSource`; `stages` only asks a source for one pass over a split.
 Decoding is the same work every epoch, so a `PipelineSource` keeps a split's decoded pixels in memory when
-they fit its budget (`memory_budget_bytes`, default 1 GiB: about 27,000 images at 32 px or 1,700 at 224 px)
-and streams larger splits from storage every epoch, so memory stays bounded however big the data set.
-`ArraySource` serves arrays already in memory (benchmarks, tests of the stages alone).
+they fit its budget (`memory_budget_bytes`, default 1 GiB: about 27,000 images at 32 px or 1,700 at 224 px;
+`preload` decodes several splits in one pass) and streams larger splits from storage every epoch, so memory
+stays bounded however big the data set. `ArraySource` serves arrays already in memory (benchmarks, tests of
+the stages alone). Both offer ``in_memory(split)`` so the stages can skip tf.data for data already in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kubegraft_trainer.dataset import DatasetSplits, Example
-from kubegraft_trainer.pipeline import ImageLoader, load_arrays, make_dataset
+from kubegraft_trainer.pipeline import ImageLoader, load_arrays, load_arrays_many, make_dataset
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_MEMORY_BUDGET = 1024**3
@@ -65,6 +66,34 @@ class PipelineSource:
         examples: list[Example] = getattr(self.splits, split)
         return examples
 
+    def preload(self, splits: list[str] | tuple[str, ...] = SPLITS) -> None:
+        """Decode the splits among ``splits`` that fit the memory budget, all in one pass.
+
+        Args:
+            splits: Split names; those already in memory or over the budget are left alone.
+        """
+        chosen: list[str] = []
+        budget = self.memory_budget_bytes - sum(x.nbytes for x, _ in self._decoded.values())
+        for split in dict.fromkeys(splits):
+            if split in self._decoded:
+                continue
+            needed = self.count(split) * self.image_size * self.image_size * 3 * 4
+            if needed <= budget:
+                chosen.append(split)
+                budget -= needed
+        if not chosen:
+            return
+        loaded = load_arrays_many([self._examples(s) for s in chosen], self.loader, self.image_size)
+        self._decoded.update(zip(chosen, loaded, strict=True))
+
+    def in_memory(self, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+        """The decoded pixels and labels of ``split`` if they are (or can be) held in memory, else None."""
+        if split not in self._decoded and not self._fits(split):
+            return None
+        if split not in self._decoded:
+            self._decoded[split] = load_arrays(self._examples(split), self.loader, self.image_size)
+        return self._decoded[split]
+
     def images(self, split: str, batch_size: int, *, shuffle: bool, seed: int) -> tf.data.Dataset:
         """One pass over ``split`` in batches of (pixels, labels), from memory if they fit, else streamed."""
         if split in self._decoded or self._fits(split):
@@ -104,6 +133,11 @@ class ArraySource:
             return self.arrays[split]
         first = next(iter(self.arrays.values()))[0]
         return np.zeros((0, *first.shape[1:]), "float32"), np.zeros((0,), "int32")
+
+    def in_memory(self, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The pixels (float32) and labels (int32) of ``split``."""
+        x, y = self._get(split)
+        return x.astype("float32", copy=False), y.astype("int32", copy=False)
 
     def images(self, split: str, batch_size: int, *, shuffle: bool, seed: int) -> tf.data.Dataset:
         """One pass over ``split`` as batches of (pixels, labels), reshuffled per pass when asked."""

@@ -62,7 +62,7 @@ def test_healthy_pretrained_backbone_is_not_flagged_or_changed(
     report = check_backbone_health(backbone, preprocess_tf(train[0][:256]))
     assert not report.collapsed
     assert not report.repaired
-    assert report.spread_before > 0.3
+    assert report.spread_before > 10 * COLLAPSE_THRESHOLD  # builds measured 0.12 to 0.83; collapsed ~1e-14
     for old, variable in zip(before, backbone.weights, strict=True):
         np.testing.assert_array_equal(old, variable.numpy())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kubegraft.runtime import NoticeReason
 from kubegraft_trainer.backbones import load_backbone
 from kubegraft_trainer.checkpoints import CheckpointStore, spec_hash
 from kubegraft_trainer.model import build_transfer_model
 from kubegraft_trainer.progress import ProgressTracker
 from kubegraft_trainer.run import train
 from kubegraft_trainer.sources import ArraySource
-from kubegraft_trainer.stages import StageRunner
+from kubegraft_trainer.stages import StageRecord, StageRunner
 from kubegraft_trainer.storage import open_storage
 from tests.harness.fashion import load_fashion_mnist
 from tests.integration.trainer.conftest import SpecFactory, counted_images, stage
@@ -83,8 +85,11 @@ def test_head_stage_runs_backbone_once_per_image_unless_augmented(
     counts = result.metrics["images"]
     train_n, val_n, test_n = counts["train"], counts["validation"], counts["test"]
     assert result.records[0].cached_features is not augment
+    # The backbone health check before training runs its sample once (twice when it re-estimates BN).
+    health = result.metrics["health"]["before_training"]
+    health_n = health["sample"] * (2 if health.get("repaired") else 1) if health["checked"] else 0
     expected = (epochs if augment else 1) * (train_n + val_n) + test_n  # the final test pass runs once
-    assert counted_images(result.parts.model) == expected
+    assert counted_images(result.parts.model) == expected + health_n
 
 
 class RunKilledError(Exception):
@@ -133,3 +138,85 @@ def test_run_killed_mid_stage_resumes_from_checkpoint_with_same_total_epochs(
     assert len(finetune.history["loss"]) == 4
     assert second.snapshot().completed_epochs == 3 + 4
     assert not any(info.key.startswith("checkpoints/resume/") for info in checkpoints.list("checkpoints/"))
+
+
+class _WeightsAtStageStart(keras.callbacks.Callback):  # type: ignore[misc]
+    """Keeps the weights as the named stage starts training; notes whether its epochs change them."""
+
+    def __init__(self, tracker: ProgressTracker, stage_name: str) -> None:
+        super().__init__()
+        self.tracker, self.stage_name = tracker, stage_name
+        self.at_start: list[np.ndarray[Any, Any]] = []
+        self.changed = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.tracker.snapshot().stage == self.stage_name:
+            self.at_start = [np.array(w) for w in self.model.get_weights()]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.tracker.snapshot().stage == self.stage_name:
+            now = self.model.get_weights()
+            self.changed |= any(not np.array_equal(a, b) for a, b in zip(now, self.at_start, strict=True))
+
+
+def test_stage_that_ends_below_the_previous_best_is_rolled_back_with_a_notice(
+    tiny_backbone: Path, transfer_images: Path, make_spec: SpecFactory
+) -> None:
+    destructive = stage("wreck", "all", 2, optimizer="sgd", learningRate=10.0, momentum=0.9)
+    spec = make_spec(transfer_images, tiny_backbone, [stage("head", 0, 4, learningRate=0.01), destructive])
+    tracker = ProgressTracker(out=io.StringIO())
+    watch = _WeightsAtStageStart(tracker, "wreck")  # in the wreck stage it watches the full model
+    result = train(spec, run_id="regress", tracker=tracker, extra_callbacks=[watch])
+
+    head, wreck = result.records
+    assert head.best_val_accuracy is not None and wreck.best_val_accuracy is not None
+    assert wreck.best_val_accuracy < head.best_val_accuracy, "the destructive stage did not regress"
+    assert watch.changed, "the destructive stage did not change the weights"
+    assert (wreck.regressed, wreck.restored) == (True, "head")
+    assert not head.regressed
+    names = [w.path for w in result.parts.model.weights]
+    for name, now, before in zip(names, result.parts.model.get_weights(), watch.at_start, strict=True):
+        if "counter" not in name:  # the counting layer counted the final test pass
+            np.testing.assert_array_equal(now, before, err_msg=f"{name} was not restored")
+
+    regressed = [n for n in tracker.snapshot().notices if n.reason == NoticeReason.FINE_TUNE_REGRESSED]
+    assert len(regressed) == 1
+    assert "wreck" in regressed[0].message and "head" in regressed[0].message
+    metrics = json.loads((Path(result.model_uri) / "metrics.json").read_text())
+    by_name = {s["name"]: s for s in metrics["stages"]}
+    assert (by_name["wreck"]["regressed"], by_name["wreck"]["restored"]) == (True, "head")
+    assert by_name["head"]["regressed"] is False
+
+
+def test_after_stage_hook_sees_each_record_before_the_next_stage_and_guard_can_be_off(
+    tiny_backbone: Path, make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    destructive = stage("wreck", "all", 1, optimizer="sgd", learningRate=10.0, momentum=0.9)
+    spec = make_spec(tmp_path, tiny_backbone, [stage("head", 0, 3, learningRate=0.01), destructive])
+    loaded = load_backbone(spec.model, 32, spec.storage)
+    parts = build_transfer_model(loaded, spec.model.head, 3, spec.augmentation)
+    source = ArraySource({"train": _arrays((0, 1, 7), 40, 0), "validation": _arrays((0, 1, 7), 20, 40)})
+    seen: list[tuple[str, bool, str | None]] = []
+    tracker = ProgressTracker(out=io.StringIO())
+
+    def after(record: StageRecord) -> None:
+        # Called once the stage is done and before the next one starts.
+        seen.append((record.name, tracker.snapshot().stage == record.name, record.restored))
+
+    store = CheckpointStore(spec.output.uri, "hook", spec.storage, spec_hash(spec))
+    runner = StageRunner(
+        parts,
+        spec,
+        source,
+        store=store,
+        tracker=tracker,
+        strategy=tf.distribute.get_strategy(),
+        after_stage=after,
+        restore_on_regression=False,
+    )
+    head, wreck = runner.run_all()
+    assert seen == [("head", True, None), ("wreck", True, None)]
+    assert wreck.best_val_accuracy is not None and head.best_val_accuracy is not None
+    assert wreck.best_val_accuracy < head.best_val_accuracy, "the destructive stage did not regress"
+    assert not wreck.regressed, "the guard-rail was off"
+    assert not tracker.snapshot().notices

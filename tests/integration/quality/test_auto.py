@@ -1,0 +1,175 @@
+"""strategy auto, backbone health and the baseline through the trainer, on the developers' transfer task.
+
+Fashion-MNIST classes 0-4 at 32 px with the tests' pretrained MobileNetV2 (classes 5-9), small data sets so
+that a whole search stays around two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kubegraft.runtime import NoticeReason
+from kubegraft.spec import StorageSpec, TransferJobSpec
+from kubegraft_trainer.backbones import load_backbone
+from kubegraft_trainer.health import COLLAPSE_THRESHOLD, batchnorm_layers
+from kubegraft_trainer.progress import ProgressTracker
+from kubegraft_trainer.run import RECIPE_FILE, load_spec, train
+from kubegraft_trainer.search import search_recipe
+from kubegraft_trainer.sources import ArraySource
+from tests.harness.fashion import write_class_folders
+from tests.integration.quality.task import transfer_arrays
+
+CLASSES = (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 images per class as class folders (70/15/15 split: 70 train, 15 validation, 15 test)."""
+    return write_class_folders(tmp_path_factory.mktemp("auto-images"), CLASSES, 20, split="train", seed=0)
+
+
+def minimal_spec(data: Path, weights: Path, output: Path, **extra: Any) -> TransferJobSpec:
+    return TransferJobSpec.model_validate(
+        {
+            "dataset": {"uri": str(data), "imageSize": 32},
+            "model": {"backbone": "MobileNetV2", "weights": str(weights)},
+            "output": {"uri": str(output)},
+            **extra,
+        }
+    )
+
+
+def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_its_report_and_pinned_stages(
+    small_images: Path, pretrained_backbone: Path, tmp_path: Path
+) -> None:
+    tracker = ProgressTracker(out=io.StringIO())
+    result = train(minimal_spec(small_images, pretrained_backbone, tmp_path / "models"), tracker=tracker)
+
+    version = tmp_path / "models" / "1"
+    for name in (
+        "saved_model.pb",
+        "metrics.json",
+        "labels.txt",
+        "transferjob.json",
+        RECIPE_FILE,
+        "_COMPLETE",
+    ):
+        assert (version / name).exists(), name
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["strategy"] == "auto"
+    search = metrics["search"]
+    ran = [c for c in search["candidates"] if c["status"] != "skipped"]
+    names = [c["name"] for c in search["candidates"]]
+    assert names[:6] == ["linear", "head", "full-1e-3", "top-38", "top-77", "full-1e-4"]
+    assert names[6].endswith("+augment")
+    assert ran[0]["name"] == "linear"
+    for candidate in ran:
+        assert 0.0 <= candidate["validation_accuracy"] <= 1.0
+        assert candidate["seconds"] > 0
+        assert candidate["epochs"] <= candidate["max_epochs"]
+    # The choice: the best validation accuracy, the earliest (cheapest) on ties.
+    best = max(c["validation_accuracy"] for c in ran)
+    chosen = next(c for c in ran if c["validation_accuracy"] == best)
+    assert search["chosen"] == chosen["name"]
+    assert search["selected_on"] == "validation"
+    assert metrics["recipe"].startswith(f"auto {chosen['name']}: ")
+    # The published stages are the winner's: recipe.yaml is an explicit spec that reruns it.
+    pinned = load_spec(version / RECIPE_FILE)
+    assert pinned.resolved_strategy == "stages"
+    assert pinned.strategy == "stages"
+    assert [s["name"] for s in metrics["stages"]] == (
+        ["linear"] if pinned.classifier == "linear" else [s.name for s in pinned.resolved_stages()]
+    )
+    assert chosen["recipe"] == search["recipe"]
+    assert json.loads((version / "transferjob.json").read_text()).get("strategy") is None
+    # Baseline and transfer gain beside the model on the test split.
+    assert metrics["baseline"]["fitted"] is True
+    assert metrics["baseline"]["train_images"] == 70
+    assert metrics["transfer_gain"] == pytest.approx(metrics["testAccuracy"] - metrics["baseline_accuracy"])
+    assert metrics["health"]["before_training"]["collapsed"] is False
+    progress = tracker.snapshot()
+    assert progress.metrics["baseline_accuracy"] == pytest.approx(metrics["baseline_accuracy"])
+    assert progress.metrics["transfer_gain"] == pytest.approx(metrics["transfer_gain"])
+    assert progress.recipe == metrics["recipe"]
+    reasons = [n.reason for n in progress.notices]
+    assert NoticeReason.RECIPE_CHOSEN in reasons
+    assert (NoticeReason.NO_TRANSFER_GAIN in reasons) == (metrics["transfer_gain"] <= 0)
+    # The exported model serves image bytes: PNG in, probabilities out, same answer as the trained model.
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    png = next((small_images / "Trouser").iterdir()).read_bytes()
+    probabilities = serve(images=tf.constant([png]))["probabilities"].numpy()
+    assert probabilities.shape == (1, 5)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert result.metrics["search"]["chosen"] == search["chosen"]
+
+
+def _search(weights: Path, arrays: dict[str, Any]) -> list[tuple[str, str, float | None, int]]:
+    spec = TransferJobSpec.model_validate(
+        {
+            "dataset": {"uri": "unused", "imageSize": 32, "seed": 5},
+            "model": {"backbone": "MobileNetV2", "weights": str(weights), "head": {"hidden": [32]}},
+            "budget": {"epochs": 45},
+            "output": {"uri": "unused"},
+        }
+    )
+    keras.utils.set_random_seed(5)
+    loaded = load_backbone(spec.model, 32, StorageSpec())
+    outcome = search_recipe(
+        spec,
+        loaded,
+        5,
+        ArraySource(arrays),
+        tracker=ProgressTracker(out=io.StringIO()),
+        strategy=tf.distribute.get_strategy(),
+    )
+    return [("chosen", outcome.name, None, 0)] + [
+        (c.name, c.status, c.validation_accuracy, c.epochs) for c in outcome.candidates
+    ]
+
+
+def test_search_is_deterministic_for_a_fixed_seed(pretrained_backbone: Path) -> None:
+    x, y = transfer_arrays("train", 16, seed=2)
+    arrays = {"train": (x[:60], y[:60]), "validation": (x[60:], y[60:])}
+    first = _search(pretrained_backbone, arrays)
+    second = _search(pretrained_backbone, arrays)
+    assert first == second
+    ran = [row for row in first[1:] if row[1] != "skipped"]
+    assert len(ran) >= 3  # linear, head and at least one candidate that trains the backbone
+    assert any(row[3] > 0 for row in ran)
+    assert any(row[1] == "skipped" for row in first[1:])  # the epoch budget bounds the search
+
+
+def test_backbone_with_stale_batchnorm_statistics_is_repaired_before_training_and_reported(
+    small_images: Path, pretrained_backbone: Path, tmp_path: Path
+) -> None:
+    backbone = keras.saving.load_model(pretrained_backbone)
+    for layer in batchnorm_layers(backbone):  # what a slow BN momentum leaves after a short schedule
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, dtype="float32"))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, dtype="float32"))
+    stale = tmp_path / "stale.keras"
+    backbone.save(stale)
+    tracker = ProgressTracker(out=io.StringIO())
+    stages = [{"name": "head", "trainable": 0, "epochs": 2}]
+    train(minimal_spec(small_images, stale, tmp_path / "models", stages=stages), tracker=tracker)
+
+    metrics = json.loads((tmp_path / "models" / "1" / "metrics.json").read_text())
+    health = metrics["health"]["before_training"]
+    assert health["collapsed"] is True
+    assert health["repaired"] is True
+    assert health["spread_before"] < COLLAPSE_THRESHOLD <= health["spread_after"]
+    assert health["layers_updated"] == len(batchnorm_layers(backbone))
+    assert health["images"] == 70
+    assert health["sample"] == 70  # the spread was measured on every training image (fewer than 512)
+    notices = [n for n in tracker.snapshot().notices if n.reason == NoticeReason.BATCH_NORM_REESTIMATED]
+    assert len(notices) == 1
+    assert "re-estimated" in notices[0].message
+    assert metrics["strategy"] == "stages"
+    assert "search" not in metrics

@@ -1,0 +1,485 @@
+"""The recipe search behind ``strategy: auto``: train candidate recipes, keep the best on validation.
+
+`kubegraft_trainer.run` calls `search_recipe` when a spec resolves to ``strategy: auto`` (no ``stages``, no
+``classifier: linear``). Every candidate is an ordinary spec with ``strategy: stages`` (explicit stages, or
+the linear classifier), run by the same `StageRunner` as a pinned run, so the winner can be written out as
+``recipe.yaml`` and rerun exactly. The candidates, in order (`candidate_specs`):
+
+1. ``linear``: logistic regression on cached bottleneck features (no epochs).
+2. ``head``: the spec's head on cached features, adam 1e-3.
+3. ``full-1e-3``: the whole backbone (BatchNormalization frozen, in inference mode) and the head, adam 1e-3,
+   then the same at 1e-4 (a step schedule): the strongest transfer recipe measured on the developers' task
+   (docs/quality.md), run first among the expensive ones so that weaker ones can be cut early.
+4. ``top-<N>``: head on cached features, then the top N backbone layers, adam 1e-4, for N a quarter and a
+   half of the backbone's layers.
+5. ``full-1e-4``: head on cached features, then the whole backbone at adam 1e-4.
+6. ``<best fine-tune>+augment``: the best backbone candidate so far again with augmentation (the spec's, or
+   random horizontal flips when the spec turns none on).
+
+Candidates on cached features run the backbone once per image (`FeatureCache`), not once per epoch. Before
+every candidate the backbone gets back the weights it had when the search started and a fresh head is built
+from the seed, so candidates are independent and the search is deterministic for a fixed seed (unless the
+time budget cuts it). The budget (`SearchBudget`) bounds the search: a candidate whose maximum epochs would
+exceed the epoch budget is skipped, and no candidate starts (and a running one stops at its next epoch end)
+after the time budget. Early stopping (patience `PATIENCE`) ends every stage that stops improving, and a
+candidate is cut when, from the `CUT_AFTER_EPOCHS`-th epoch of its last stage, its best validation accuracy
+is more than `CUT_MARGIN` below what the leading candidate had reached after as many epochs (`_Guard`). Ties
+go to the earlier (cheaper) candidate. Candidates' FineTuneRegressed notices are kept back and only the
+winner's reach the run's tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import keras
+import numpy as np
+import tensorflow as tf
+from threadpoolctl import threadpool_limits
+
+from kubegraft.runtime import NoticeReason
+from kubegraft.spec import TransferJobSpec
+from kubegraft_trainer.backbones import LoadedBackbone
+from kubegraft_trainer.checkpoints import CheckpointStore, RunState
+from kubegraft_trainer.model import TransferModel, backbone_layers, build_transfer_model
+from kubegraft_trainer.progress import ProgressTracker
+from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
+
+log = logging.getLogger(__name__)
+
+CUT_AFTER_EPOCHS = 4
+CUT_MARGIN = 0.05
+HEAD_EPOCHS = 30
+WARMUP_EPOCHS = 10
+FINETUNE_EPOCHS = 20
+FULL_EPOCHS = 30
+ANNEAL_EPOCHS = 15
+PATIENCE = 5
+
+__all__ = [
+    "CandidateHook",
+    "CandidateResult",
+    "SearchOutcome",
+    "candidate_specs",
+    "search_recipe",
+]
+
+
+# Called with each trained candidate's name, result and model, before the next one changes the backbone.
+CandidateHook = Callable[[str, "CandidateResult", TransferModel], None]
+
+
+class _NoCheckpoints(CheckpointStore):
+    """A checkpoint store that stores nothing: search candidates restart with the search, not per epoch."""
+
+    def __init__(self, run_id: str) -> None:  # no storage opened
+        self.run_id = run_id
+        self.spec_digest = ""
+        self.state = RunState("")
+
+    def load(self) -> RunState | None:
+        """Nothing saved."""
+        return None
+
+    def save_epoch(self, **_: Any) -> None:
+        """Save nothing."""
+
+    def finish_stage(self, index: int, model: keras.Model, record: dict[str, Any]) -> None:
+        """Save nothing."""
+
+    def delete(self) -> None:
+        """Nothing to delete."""
+
+
+class _CandidateTracker:
+    """The run's tracker for one candidate: progress goes through, notices wait for the choice.
+
+    A losing candidate's guard-rail notice (FineTuneRegressed) says nothing about the published model; the
+    winner's notices are replayed on the run's tracker once it is chosen.
+    """
+
+    def __init__(self, tracker: ProgressTracker) -> None:
+        self._tracker = tracker
+        self.notices: list[tuple[str, str]] = []
+
+    def add_notice(self, reason: str, message: str) -> None:
+        """Keep the notice until the candidate wins."""
+        self.notices.append((reason, message))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
+
+
+class _Guard(keras.callbacks.Callback):  # type: ignore[misc]
+    """Stops a candidate at an epoch end when the time budget is spent, or cuts it when it clearly loses.
+
+    The cut compares like with like: after the candidate's k-th epoch (all its stages counted) its best
+    validation accuracy must stay within `CUT_MARGIN` of the best the leading candidate had reached by its own
+    k-th epoch (its final score once k passes its length). It applies only in the candidate's last stage, from
+    that stage's `CUT_AFTER_EPOCHS`-th epoch, so a head warm-up is never judged as if it were the recipe.
+
+    Args:
+        deadline: `time.monotonic` value after which training stops.
+        stages: Fits the candidate runs (the cut applies only to the last one).
+        leader: The leading candidate's validation accuracy by epoch, best so far (cumulative maximum), and
+            its final score; None when nothing ran before.
+    """
+
+    def __init__(self, deadline: float, stages: int, leader: tuple[list[float], float] | None) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.stages = stages
+        self.leader = leader
+        self.fits = 0
+        self.stage_epochs = 0
+        self.total_epochs = 0
+        self.best = 0.0
+        self.curve: list[float] = []
+        self.timed_out = False
+        self.cut = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """A stage starts."""
+        self.fits += 1
+        self.stage_epochs = 0
+
+    def _bar(self) -> float | None:
+        if self.leader is None:
+            return None
+        curve, final = self.leader
+        return curve[self.total_epochs - 1] if self.total_epochs <= len(curve) else final
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Stop on the deadline; cut a last stage that stays well below the leader at the same epoch."""
+        self.stage_epochs += 1
+        self.total_epochs += 1
+        value = (logs or {}).get("val_accuracy")
+        if value is not None:
+            self.best = max(self.best, float(value))
+        self.curve.append(self.best)
+        if time.monotonic() > self.deadline:
+            self.timed_out = True
+            self.model.stop_training = True
+            return
+        bar = self._bar()
+        if (
+            bar is not None
+            and value is not None
+            and self.fits >= self.stages
+            and self.stage_epochs >= CUT_AFTER_EPOCHS
+            and self.best < bar - CUT_MARGIN
+        ):
+            self.cut = True
+            self.model.stop_training = True
+
+
+@dataclass
+class CandidateResult:
+    """One candidate's outcome, as written to metrics.json's ``search.candidates``."""
+
+    name: str
+    recipe: str
+    status: str  # done, cut (clearly losing), timed-out, skipped (over the epoch budget)
+    validation_accuracy: float | None
+    seconds: float
+    epochs: int
+    max_epochs: int
+    trains_backbone: bool
+    augmented: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class SearchOutcome:
+    """The winner: its pinned spec, its trained model and stage records, and the search record."""
+
+    spec: TransferJobSpec
+    name: str
+    parts: TransferModel
+    runner: StageRunner
+    candidates: list[CandidateResult] = field(default_factory=list)
+    seconds: float = 0.0
+    selected_on: str = "validation"
+
+    @property
+    def recipe(self) -> str:
+        """The winner in short form for the status: ``auto <name>: <runner recipe>``."""
+        return f"auto {self.name}: {self.runner.recipe()}"
+
+    def record(self) -> dict[str, Any]:
+        """metrics.json's ``search`` entry."""
+        winner = next(c for c in self.candidates if c.name == self.name)
+        return {
+            "strategy": "auto",
+            "chosen": self.name,
+            "recipe": self.runner.recipe(),
+            "validation_accuracy": winner.validation_accuracy,
+            "selected_on": self.selected_on,
+            "seconds": self.seconds,
+            "epochs": sum(c.epochs for c in self.candidates),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+def _stage(name: str, trainable: int | str, epochs: int, lr: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "trainable": trainable,
+        "epochs": epochs,
+        "optimizer": "adam",
+        "learningRate": lr,
+        "earlyStopping": {"patience": PATIENCE},
+    }
+
+
+def _pinned(spec: TransferJobSpec, **fields: Any) -> TransferJobSpec:
+    body = spec.model_dump(by_alias=True, exclude_none=True)
+    body.pop("budget", None)
+    body.pop("stages", None)
+    body.update({"strategy": "stages", "classifier": "softmax", **fields})
+    return TransferJobSpec.model_validate(body)
+
+
+def candidate_specs(spec: TransferJobSpec, backbone_depth: int) -> list[tuple[str, TransferJobSpec]]:
+    """The candidate recipes without augmentation, cheapest first (see the module docstring).
+
+    Args:
+        spec: The auto spec (its dataset, model, head and output are kept).
+        backbone_depth: Layers of the backbone (`model.backbone_layers`), for the top-N fine-tunes.
+
+    Returns:
+        ``(name, spec)`` pairs; every spec has ``strategy: stages`` and no augmentation.
+    """
+    off: dict[str, Any] = {"augmentation": {}}
+    found: list[tuple[str, TransferJobSpec]] = [
+        ("linear", _pinned(spec, classifier="linear", **off)),
+        ("head", _pinned(spec, stages=[_stage("head", 0, HEAD_EPOCHS, 1e-3)], **off)),
+        (
+            "full-1e-3",
+            _pinned(
+                spec,
+                stages=[
+                    _stage("full", "all", FULL_EPOCHS, 1e-3),
+                    _stage("anneal", "all", ANNEAL_EPOCHS, 1e-4),
+                ],
+                **off,
+            ),
+        ),
+    ]
+    tops = sorted({max(1, backbone_depth // 4), max(1, backbone_depth // 2)})
+    for top in tops:
+        stages = [_stage("head", 0, WARMUP_EPOCHS, 1e-3), _stage("finetune", top, FINETUNE_EPOCHS, 1e-4)]
+        found.append((f"top-{top}", _pinned(spec, stages=stages, **off)))
+    stages = [_stage("head", 0, WARMUP_EPOCHS, 1e-3), _stage("full", "all", FINETUNE_EPOCHS, 1e-4)]
+    found.append(("full-1e-4", _pinned(spec, stages=stages, **off)))
+    return found
+
+
+def _augmented(spec: TransferJobSpec, user: TransferJobSpec) -> TransferJobSpec:
+    augmentation = (
+        user.augmentation.model_dump(by_alias=True) if user.augmentation.enabled else {"horizontalFlip": True}
+    )
+    body = spec.model_dump(by_alias=True, exclude_none=True)
+    body["augmentation"] = augmentation
+    return TransferJobSpec.model_validate(body)
+
+
+def _max_epochs(spec: TransferJobSpec) -> int:
+    return sum(s.epochs for s in spec.resolved_stages())
+
+
+def _accuracy(model: keras.Model, source: ImageSource, split: str) -> float:
+    probabilities, labels = predict_split(model, source, split)
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels)) if len(labels) else 0.0
+
+
+_Leader = tuple[
+    float,
+    str,
+    TransferJobSpec,
+    TransferModel,
+    StageRunner,
+    list[np.ndarray[Any, Any]],
+    list[float],
+    list[tuple[str, str]],
+]
+
+
+@dataclass
+class _Context:
+    """What every candidate of one search shares."""
+
+    loaded: LoadedBackbone
+    num_classes: int
+    source: ImageSource
+    tracker: ProgressTracker
+    strategy: tf.distribute.Strategy
+    run_id: str
+    verbose: int
+    extra_callbacks: Sequence[keras.callbacks.Callback]
+    initial: list[np.ndarray[Any, Any]]
+    deadline: float
+    split: str
+
+
+def _run_candidate(
+    ctx: _Context,
+    name: str,
+    candidate: TransferJobSpec,
+    result: CandidateResult,
+    leader: tuple[list[float], float] | None,
+) -> tuple[TransferModel, StageRunner, list[float], list[tuple[str, str]]]:
+    """Train one candidate from the starting backbone and a fresh head; fill in ``result``."""
+    started = time.monotonic()
+    seed = candidate.dataset.seed
+    ctx.loaded.model.set_weights(ctx.initial)
+    keras.utils.set_random_seed(seed)
+    with ctx.strategy.scope():
+        parts = build_transfer_model(
+            ctx.loaded,
+            candidate.model.head,
+            ctx.num_classes,
+            candidate.augmentation,
+            linear=candidate.classifier == "linear",
+            seed=seed,
+        )
+    guard = _Guard(ctx.deadline, len(candidate.resolved_stages()), leader)
+    tracker = _CandidateTracker(ctx.tracker)
+    runner = StageRunner(
+        parts,
+        candidate,
+        ctx.source,
+        store=_NoCheckpoints(f"{ctx.run_id}-{name}"),
+        tracker=cast(ProgressTracker, tracker),
+        strategy=ctx.strategy,
+        verbose=ctx.verbose,
+        extra_callbacks=[*ctx.extra_callbacks, guard],
+    )
+    # scikit-learn's fit of the linear classifier: BLAS's thread pool only adds overhead for a few hundred
+    # images on busy cores (20x the CPU time measured for the pixel baseline, kubegraft_trainer.baseline).
+    with threadpool_limits(limits=1, user_api="blas"):
+        records: list[StageRecord] = runner.run_all()
+    result.validation_accuracy = _accuracy(parts.model, ctx.source, ctx.split)
+    result.recipe = runner.recipe()
+    result.status = "timed-out" if guard.timed_out else ("cut" if guard.cut else "done")
+    result.seconds = time.monotonic() - started
+    result.epochs = sum(r.epochs_run for r in records)
+    print(
+        f"[search] {name}: {ctx.split}_accuracy={result.validation_accuracy:.4f} "
+        f"epochs={result.epochs}/{result.max_epochs} {result.seconds:.1f}s {result.status}",
+        flush=True,
+    )
+    return parts, runner, guard.curve, tracker.notices
+
+
+def search_recipe(
+    spec: TransferJobSpec,
+    loaded: LoadedBackbone,
+    num_classes: int,
+    source: ImageSource,
+    *,
+    tracker: ProgressTracker,
+    strategy: tf.distribute.Strategy,
+    run_id: str = "search",
+    verbose: int = 0,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_candidate: CandidateHook | None = None,
+) -> SearchOutcome:
+    """Train the candidates on the training split, score them on the validation split, keep the best.
+
+    The backbone in ``loaded`` ends with the winner's weights; the returned parts hold the winner's head.
+
+    Args:
+        spec: The spec with ``strategy: auto`` (resolved).
+        loaded: The backbone (health-checked already); its weights are the starting point of every candidate.
+        num_classes: Number of classes.
+        source: The images (train, validation; test is never read here).
+        tracker: Progress: each candidate's stages, then the winner's recipe and a RecipeChosen notice.
+        strategy: The distribution strategy.
+        run_id: Prefix of the candidates' (unsaved) run ids, for logs.
+        verbose: Keras fit verbosity.
+        extra_callbacks: More Keras callbacks for every fit.
+        on_candidate: Called after each candidate with its name, result and trained model (the bench scores
+            every candidate on its test set with it; the choice never sees those scores).
+
+    Returns:
+        The `SearchOutcome`.
+
+    Raises:
+        RuntimeError: The budget left room for no candidate at all.
+    """
+    started = time.monotonic()
+    budget = spec.resolved_budget
+    ctx = _Context(
+        loaded=loaded,
+        num_classes=num_classes,
+        source=source,
+        tracker=tracker,
+        strategy=strategy,
+        run_id=run_id,
+        verbose=verbose,
+        extra_callbacks=extra_callbacks,
+        initial=[np.array(w) for w in loaded.model.get_weights()],
+        deadline=started + 60.0 * budget.minutes,
+        split="validation" if source.count("validation") > 0 else "train",
+    )
+    queue = candidate_specs(spec, len(backbone_layers(loaded.model)))
+    results: list[CandidateResult] = []
+    # (score, name, spec, model, runner, backbone weights, validation curve, notices) of the leader
+    best: _Leader | None = None
+    best_backbone: dict[str, tuple[float, str, TransferJobSpec]] = {}  # read by the generator when due
+    spent = 0
+    for name, candidate in _with_augmented(queue, spec, best_backbone):
+        max_epochs = _max_epochs(candidate)
+        trains_backbone = any(s.trains_backbone for s in candidate.resolved_stages())
+        augmented = candidate.augmentation.enabled
+        result = CandidateResult(name, "", "skipped", None, 0.0, 0, max_epochs, trains_backbone, augmented)
+        results.append(result)
+        if spent + max_epochs > budget.epochs or time.monotonic() > ctx.deadline:
+            log.info("search: %s skipped (budget)", name)
+            continue
+        tracker.update(recipe=f"auto: trying {name} (candidate {len(results)})")
+        leader = (best[6], best[0]) if best is not None else None
+        parts, runner, curve, notices = _run_candidate(ctx, name, candidate, result, leader)
+        spent += result.epochs
+        if on_candidate is not None:
+            on_candidate(name, result, parts)
+        score = float(result.validation_accuracy or 0.0)
+        if best is None or score > best[0]:
+            weights = [np.array(w) for w in loaded.model.get_weights()]
+            best = (score, name, candidate, parts, runner, weights, curve, notices)
+        if trains_backbone and not augmented and score > best_backbone.get("best", (-1.0,))[0]:
+            best_backbone["best"] = (score, name, candidate)
+    if best is None:
+        raise RuntimeError("the recipe search ran no candidate: its budget is too small for any of them")
+    score, name, chosen, parts, runner, weights, _, notices = best
+    loaded.model.set_weights(weights)
+    for reason, message in notices:
+        tracker.add_notice(reason, message)
+    outcome = SearchOutcome(chosen, name, parts, runner, results, time.monotonic() - started, ctx.split)
+    tracker.update(recipe=outcome.recipe)
+    tracker.add_notice(
+        NoticeReason.RECIPE_CHOSEN,
+        f"strategy auto chose {name} ({runner.recipe()}) with {ctx.split} accuracy {score:.3f} out of "
+        f"{sum(1 for r in results if r.status != 'skipped')} candidates; recipe.yaml pins it",
+    )
+    return outcome
+
+
+def _with_augmented(
+    queue: list[tuple[str, TransferJobSpec]],
+    user: TransferJobSpec,
+    best_backbone: dict[str, tuple[float, str, TransferJobSpec]],
+) -> Iterator[tuple[str, TransferJobSpec]]:
+    """The queue, then the best backbone-training candidate again with augmentation (if there is one)."""
+    yield from queue
+    found = best_backbone.get("best")
+    if found is not None:
+        yield f"{found[1]}+augment", _augmented(found[2], user)
