@@ -157,6 +157,7 @@ class CheckpointStore:
     def __init__(self, output_uri: str, run_id: str, storage: StorageSpec, spec_digest: str) -> None:
         self.run_id = run_id
         self.spec_digest = spec_digest
+        self._output_uri, self._storage_spec = output_uri, storage
         root = open_storage(output_uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
         self.uri = root.join(CHECKPOINTS_DIR, run_id)
         self.storage: Storage = open_storage(
@@ -265,6 +266,30 @@ class CheckpointStore:
         if previous_stage is not None:
             stale += [previous_stage.weights, previous_stage.optimizer, previous_stage.best or ""]
         self._write_state(stale)
+
+    def child(self, name: str, spec_digest: str) -> CheckpointStore:
+        """A store inside this run's folder (``<run id>/<name>/``) for a part of the run with its own spec.
+
+        `delete` of this store deletes the children too. The strategy auto search keeps one per candidate.
+        """
+        return CheckpointStore(self._output_uri, f"{self.run_id}/{name}", self._storage_spec, spec_digest)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON object saved with `write_json` by a run of the same spec, or None."""
+        if not self.storage.exists(name):
+            return None
+        try:
+            data = json.loads(self.storage.read_bytes(name).decode())
+        except ValueError as exc:
+            log.warning("ignoring unreadable %s at %s: %s", name, self.uri, exc)
+            return None
+        if not isinstance(data, dict) or data.get("specHash") != self.spec_digest:
+            return None
+        return data
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Save a JSON object next to the checkpoint, stamped with the spec's hash."""
+        self.storage.write_bytes(name, json.dumps({**data, "specHash": self.spec_digest}, indent=1).encode())
 
     def delete(self) -> None:
         """Delete the whole checkpoint folder (after a successful publish)."""

@@ -243,7 +243,7 @@ def train(
         )
         version = publish(build, output, run_id, record={"testAccuracy": test["accuracy"]})
         model_uri = output.join(str(version)) + "/"
-        trained.runner.store.delete()
+        trained.store.delete()  # the run's checkpoints (with strategy auto, every candidate's too)
         tracker.set_state("succeeded", model_uri=model_uri)
         log.info("published %s (test accuracy %s)", model_uri, test["accuracy"])
         print(f"published {model_uri} test_accuracy={test['accuracy']}", flush=True)
@@ -266,6 +266,7 @@ class Trained:
         health: Backbone health records (``before_training``; ``after_training`` when BN layers trained).
         baseline: The raw-pixel baseline's record (test accuracy when fitted).
         search: The search's outcome with strategy auto.
+        store: The run's checkpoint store (deleted after a successful publish).
     """
 
     parts: TransferModel
@@ -276,6 +277,7 @@ class Trained:
     health: dict[str, Any]
     baseline: dict[str, Any]
     search: SearchOutcome | None
+    store: CheckpointStore
 
 
 def _train_and_predict(
@@ -320,8 +322,6 @@ def _train_and_predict(
             raise
         loader.report_skipped()
         trained.skipped = list(loader.skipped)
-        if trained.search is not None:
-            store.delete()  # the search checkpoints nothing; drop the store's scratch folder
         return trained
 
 
@@ -350,7 +350,7 @@ def train_on_source(
         parts: The model built for ``spec`` (used as is with strategy stages; its feature extractor serves
             the health check either way).
         num_classes: Number of classes.
-        store: The run's checkpoint store (strategy stages).
+        store: The run's checkpoint store (the stages', or the search's and its candidates').
         strategy: The distribution strategy.
         run_id: The run's id.
         tracker: Progress reporting.
@@ -379,6 +379,7 @@ def train_on_source(
             verbose=verbose,
             extra_callbacks=extra_callbacks,
             on_candidate=on_candidate,
+            checkpoints=store,
         )
         parts, runner = search.parts, search.runner
         epochs = sum(c.epochs for c in search.candidates)
@@ -416,7 +417,7 @@ def train_on_source(
     phase = time.monotonic()
     baseline = _fit_baseline(source, spec.dataset.seed)
     timings["baseline"] = time.monotonic() - phase
-    return Trained(parts, runner, probabilities, labels, [], health, baseline, search)
+    return Trained(parts, runner, probabilities, labels, [], health, baseline, search, store)
 
 
 def _pixels(

@@ -19,7 +19,8 @@ the linear classifier), run by the same `StageRunner` as a pinned run, so the wi
 Candidates on cached features run the backbone once per image (`FeatureCache`), not once per epoch. Before
 every candidate the backbone gets back the weights it had when the search started and a fresh head is built
 from the seed, so candidates are independent and the search is deterministic for a fixed seed (unless the
-time budget cuts it). The budget (`SearchBudget`) bounds the search: a candidate whose maximum epochs would
+time budget cuts it). With the run's checkpoint store every candidate checkpoints per epoch in a folder of its
+own and ``search.json`` records the decided candidates, so a restarted run resumes the search. The budget (`SearchBudget`) bounds the search: a candidate whose maximum epochs would
 exceed the epoch budget is skipped, and no candidate starts (and a running one stops at its next epoch end)
 after the time budget. Early stopping (patience `PATIENCE`) ends every stage that stops improving, and a
 candidate is cut when, from the `CUT_AFTER_EPOCHS`-th epoch of its last stage, its best validation accuracy
@@ -44,7 +45,7 @@ from threadpoolctl import threadpool_limits
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import TransferJobSpec
 from kubegraft_trainer.backbones import LoadedBackbone
-from kubegraft_trainer.checkpoints import CheckpointStore, RunState
+from kubegraft_trainer.checkpoints import CheckpointStore, RunState, spec_hash
 from kubegraft_trainer.model import TransferModel, backbone_layers, build_transfer_model
 from kubegraft_trainer.progress import ProgressTracker
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
@@ -59,6 +60,8 @@ FINETUNE_EPOCHS = 20
 FULL_EPOCHS = 30
 ANNEAL_EPOCHS = 15
 PATIENCE = 5
+# The search's own state in the run's checkpoint folder: finished candidates, for a restarted run.
+SEARCH_STATE = "search.json"
 
 __all__ = [
     "CandidateHook",
@@ -89,6 +92,17 @@ class _NoCheckpoints(CheckpointStore):
         """Save nothing."""
 
     def finish_stage(self, index: int, model: keras.Model, record: dict[str, Any]) -> None:
+        """Save nothing."""
+
+    def child(self, name: str, spec_digest: str) -> CheckpointStore:
+        """Another store that stores nothing."""
+        return _NoCheckpoints(f"{self.run_id}/{name}")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """Nothing saved."""
+        return None
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Save nothing."""
 
     def delete(self) -> None:
@@ -190,10 +204,31 @@ class CandidateResult:
     max_epochs: int
     trains_backbone: bool
     augmented: bool
+    # Best validation accuracy after each epoch, and the candidate's held-back notices (for a restart).
+    curve: list[float] = field(default_factory=list, repr=False)
+    notices: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return dict(self.__dict__)
+        """JSON-ready (metrics.json's entry: without the curve and notices)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("curve", "notices")}
+
+
+def _load_search(store: CheckpointStore) -> tuple[dict[str, dict[str, Any]], float]:
+    """A restarted search's saved candidates by name, and the seconds it had spent (nothing saved: {}, 0)."""
+    saved = store.read_json(SEARCH_STATE) or {}
+    finished = {c["result"]["name"]: c for c in saved.get("candidates", [])}
+    seconds = float(saved.get("seconds", 0.0))
+    if finished:
+        log.info("search: resuming after %d candidate(s) (%.0f s spent before)", len(finished), seconds)
+    return finished, seconds
+
+
+def _save_search(store: CheckpointStore, results: list[CandidateResult], seconds: float) -> None:
+    """Write search.json: every candidate decided so far (its result, curve and notices), the time spent."""
+    candidates = [
+        {"result": r.to_dict(), "curve": r.curve, "notices": [list(n) for n in r.notices]} for r in results
+    ]
+    store.write_json(SEARCH_STATE, {"seconds": seconds, "candidates": candidates})
 
 
 @dataclass
@@ -334,9 +369,15 @@ def _run_candidate(
     name: str,
     candidate: TransferJobSpec,
     result: CandidateResult,
+    *,
     leader: tuple[list[float], float] | None,
+    store: CheckpointStore,
 ) -> tuple[TransferModel, StageRunner, list[float], list[tuple[str, str]]]:
-    """Train one candidate from the starting backbone and a fresh head; fill in ``result``."""
+    """Train one candidate from the starting backbone and a fresh head; fill in ``result``.
+
+    The candidate checkpoints into ``store`` like a pinned run: after a restart it resumes at its last
+    finished epoch, and a candidate that had finished only reloads its final weights.
+    """
     started = time.monotonic()
     seed = candidate.dataset.seed
     ctx.loaded.model.set_weights(ctx.initial)
@@ -356,7 +397,7 @@ def _run_candidate(
         parts,
         candidate,
         ctx.source,
-        store=_NoCheckpoints(f"{ctx.run_id}-{name}"),
+        store=store,
         tracker=cast(ProgressTracker, tracker),
         strategy=ctx.strategy,
         verbose=ctx.verbose,
@@ -391,10 +432,17 @@ def search_recipe(
     verbose: int = 0,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     on_candidate: CandidateHook | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> SearchOutcome:
     """Train the candidates on the training split, score them on the validation split, keep the best.
 
     The backbone in ``loaded`` ends with the winner's weights; the returned parts hold the winner's head.
+
+    With ``checkpoints`` (the run's store) the search survives a restart: every candidate checkpoints in a
+    folder of its own inside the run's, and ``search.json`` records each finished candidate's result,
+    validation curve and notices, and the time spent. A restarted search takes those results as they were
+    (a finished candidate's model is reloaded from its checkpoint, not trained again), resumes the candidate
+    that was running at its last finished epoch, and counts the time already spent against the budget.
 
     Args:
         spec: The spec with ``strategy: auto`` (resolved).
@@ -408,6 +456,7 @@ def search_recipe(
         extra_callbacks: More Keras callbacks for every fit.
         on_candidate: Called after each candidate with its name, result and trained model (the bench scores
             every candidate on its test set with it; the choice never sees those scores).
+        checkpoints: The run's checkpoint store; None checkpoints nothing (a restart starts over).
 
     Returns:
         The `SearchOutcome`.
@@ -417,6 +466,8 @@ def search_recipe(
     """
     started = time.monotonic()
     budget = spec.resolved_budget
+    store = checkpoints if checkpoints is not None else _NoCheckpoints(run_id)
+    finished, spent_before = _load_search(store)
     ctx = _Context(
         loaded=loaded,
         num_classes=num_classes,
@@ -427,7 +478,7 @@ def search_recipe(
         verbose=verbose,
         extra_callbacks=extra_callbacks,
         initial=[np.array(w) for w in loaded.model.get_weights()],
-        deadline=started + 60.0 * budget.minutes,
+        deadline=started + 60.0 * budget.minutes - spent_before,
         split="validation" if source.count("validation") > 0 else "train",
     )
     queue = candidate_specs(spec, len(backbone_layers(loaded.model)))
@@ -442,12 +493,24 @@ def search_recipe(
         augmented = candidate.augmentation.enabled
         result = CandidateResult(name, "", "skipped", None, 0.0, 0, max_epochs, trains_backbone, augmented)
         results.append(result)
-        if spent + max_epochs > budget.epochs or time.monotonic() > ctx.deadline:
+        before = finished.get(name)
+        if before is not None and before["result"]["status"] == "skipped":
+            continue
+        if before is None and (spent + max_epochs > budget.epochs or time.monotonic() > ctx.deadline):
             log.info("search: %s skipped (budget)", name)
+            _save_search(store, results, spent_before + time.monotonic() - started)
             continue
         tracker.update(recipe=f"auto: trying {name} (candidate {len(results)})")
         leader = (best[6], best[0]) if best is not None else None
-        parts, runner, curve, notices = _run_candidate(ctx, name, candidate, result, leader)
+        candidate_store = store.child(f"search-{name}", spec_hash(candidate))
+        parts, runner, curve, notices = _run_candidate(
+            ctx, name, candidate, result, leader=leader, store=candidate_store
+        )
+        if before is not None:  # reloaded from its checkpoint: what the first run measured stands
+            result.__dict__.update(before["result"])
+            curve, notices = list(before["curve"]), [(r, m) for r, m in before["notices"]]
+        result.curve, result.notices = curve, notices
+        _save_search(store, results, spent_before + time.monotonic() - started)
         spent += result.epochs
         if on_candidate is not None:
             on_candidate(name, result, parts)
@@ -463,7 +526,8 @@ def search_recipe(
     loaded.model.set_weights(weights)
     for reason, message in notices:
         tracker.add_notice(reason, message)
-    outcome = SearchOutcome(chosen, name, parts, runner, results, time.monotonic() - started, ctx.split)
+    seconds = spent_before + time.monotonic() - started
+    outcome = SearchOutcome(chosen, name, parts, runner, results, seconds, ctx.split)
     tracker.update(recipe=outcome.recipe)
     tracker.add_notice(
         NoticeReason.RECIPE_CHOSEN,

@@ -173,3 +173,48 @@ def test_backbone_with_stale_batchnorm_statistics_is_repaired_before_training_an
     assert "re-estimated" in notices[0].message
     assert metrics["strategy"] == "stages"
     assert "search" not in metrics
+
+
+class SearchKilledError(Exception):
+    """Raised by the test to kill a search mid-candidate."""
+
+
+class _StageEpochs(keras.callbacks.Callback):  # type: ignore[misc]
+    """Records (stage, epoch) of every epoch; raises SearchKilledError after a given one, if any."""
+
+    def __init__(self, tracker: ProgressTracker, kill_at: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.tracker, self.kill_at = tracker, kill_at
+        self.seen: list[tuple[str, int]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seen.append((self.tracker.snapshot().stage or "", epoch + 1))
+        if self.seen[-1] == self.kill_at:
+            raise SearchKilledError
+
+
+def test_killed_search_resumes_without_training_finished_candidates_again(
+    small_images: Path, pretrained_backbone: Path, tmp_path: Path
+) -> None:
+    spec = minimal_spec(small_images, pretrained_backbone, tmp_path / "models", budget={"epochs": 80})
+    first = ProgressTracker(out=io.StringIO())
+    # The first stage called "full" is the third candidate's (full-1e-3): killed after its second epoch.
+    with pytest.raises(SearchKilledError):
+        train(spec, run_id="killed", tracker=first, extra_callbacks=[_StageEpochs(first, ("full", 2))])
+    saved = json.loads((tmp_path / "models" / "checkpoints" / "killed" / "search.json").read_text())
+    before = {c["result"]["name"]: c["result"] for c in saved["candidates"]}
+    assert list(before) == ["linear", "head"]
+
+    second = ProgressTracker(out=io.StringIO())
+    epochs = _StageEpochs(second)
+    train(spec, run_id="killed", tracker=second, extra_callbacks=[epochs])
+
+    # Nothing trained before the interrupted candidate's third epoch: linear and head were not run again.
+    assert epochs.seen[0] == ("full", 3)
+    metrics = json.loads((tmp_path / "models" / "1" / "metrics.json").read_text())
+    after = {c["name"]: c for c in metrics["search"]["candidates"]}
+    for name in ("linear", "head"):
+        assert after[name] == before[name]
+    assert after["full-1e-3"]["epochs"] >= 3
+    assert metrics["search"]["seconds"] >= saved["seconds"]
+    assert not (tmp_path / "models" / "checkpoints" / "killed").exists()  # deleted after the publish
