@@ -18,15 +18,15 @@ the linear classifier), run by the same `StageRunner` as a pinned run, so the wi
 
 Candidates on cached features run the backbone once per image (`FeatureCache`), not once per epoch. Before
 every candidate the backbone gets back the weights it had when the search started and a fresh head is built
-from the seed, so candidates are independent and the search is deterministic for a fixed seed (unless the
-time budget cuts it). With the run's checkpoint store every candidate checkpoints per epoch in a folder of its
-own and ``search.json`` records the decided candidates, so a restarted run resumes the search. The budget
-(`SearchBudget`) bounds the search: a candidate whose maximum epochs would exceed the epoch budget is
-skipped, and no candidate starts (and a running one stops at its next epoch end) after the time budget. Early stopping (patience `PATIENCE`) ends every stage that stops improving, and a
-candidate is cut when, from the `CUT_AFTER_EPOCHS`-th epoch of its last stage, its best validation accuracy
-is more than `CUT_MARGIN` below what the leading candidate had reached after as many epochs (`_Guard`). Ties
-go to the earlier (cheaper) candidate. Candidates' FineTuneRegressed notices are kept back and only the
-winner's reach the run's tracker.
+from the seed, so candidates are independent and the search is deterministic for a fixed seed (unless the time
+budget cuts it). With the run's checkpoint store every candidate checkpoints per epoch in a folder of its own
+and ``search.json`` records the decided candidates, so a restarted run resumes the search. The budget
+(`SearchBudget`) bounds the search: a candidate whose maximum epochs would exceed the epoch budget is skipped,
+and no candidate starts (and a running one stops at its next epoch end) after the time budget. Early stopping
+(patience `PATIENCE`) ends every stage that stops improving, and a candidate is cut when, from the
+`CUT_AFTER_EPOCHS`-th epoch of its last stage, its best validation accuracy is more than `CUT_MARGIN` below
+what the leading candidate had reached after as many epochs (`_Guard`). Ties go to the earlier (cheaper)
+candidate. Candidates' FineTuneRegressed notices are kept back and only the winner's reach the run's tracker.
 """
 
 from __future__ import annotations
