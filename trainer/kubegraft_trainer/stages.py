@@ -675,15 +675,19 @@ class StageRunner:
     def recipe(self) -> str:
         """The schedule in short form, e.g. ``MobileNetV2 head(0x10,adam 0.001) -> finetune(50x10,sgd 1e-4)``.
 
+        Augmentation, when on, follows as ``+ augment(horizontalFlip,rotation 30)``.
+
         Returns:
-            One line naming the backbone and each step.
+            One line naming the backbone, each step and the augmentation.
         """
-        parts = [f"{self.spec.model.backbone}"]
         steps = ["linear"] if self.linear else []
         steps += [
             f"{s.name}({s.trainable}x{s.epochs},{s.optimizer} {s.learning_rate:g})" for s in self.stages
         ]
-        return parts[0] + " " + " -> ".join(steps)
+        line = f"{self.spec.model.backbone} " + " -> ".join(steps)
+        augmentation = self.spec.augmentation.model_dump(by_alias=True)
+        on = [k if v is True else f"{k} {v:g}" for k, v in augmentation.items() if v]
+        return line + (f" + augment({','.join(on)})" if on else "")
 
     def _run_linear(self) -> StageRecord:
         started = time.monotonic()

@@ -90,6 +90,8 @@ def test_head_stage_runs_backbone_once_per_image_unless_augmented(
     health_n = health["sample"] * (2 if health.get("repaired") else 1) if health["checked"] else 0
     expected = (epochs if augment else 1) * (train_n + val_n) + test_n  # the final test pass runs once
     assert counted_images(result.parts.model) == expected + health_n
+    # The recipe in short form (status, metrics.json) says whether the run augmented.
+    assert result.metrics["recipe"].endswith(" + augment(horizontalFlip)") is augment
 
 
 class RunKilledError(Exception):
