@@ -16,7 +16,7 @@ from kubegraft.spec import DatasetSpec
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.dataset import Example, discover
 from kubegraft_trainer.errors import TrainerError
-from kubegraft_trainer.pipeline import ImageLoader, load_arrays, make_dataset
+from kubegraft_trainer.pipeline import LOCAL_BATCH, ImageLoader, load_arrays, make_dataset
 from kubegraft_trainer.storage import LocalStorage, open_storage
 from tests.harness.fashion import FashionTransfer, write_class_folders
 from tests.harness.s3 import SeaweedFS, upload_tree
@@ -146,18 +146,31 @@ class CountingStorage(LocalStorage):
         return super().read_bytes(key)
 
 
-def test_loader_keeps_a_bounded_window_in_flight(fashion_transfer: FashionTransfer) -> None:
+@pytest.mark.parametrize("batch", [1, 8])
+def test_loader_keeps_a_bounded_window_in_flight(fashion_transfer: FashionTransfer, batch: int) -> None:
     storage = CountingStorage(str(fashion_transfer.train))
+    CountingStorage.reads = 0
     keys = [o.key for o in storage.list()]
     assert len(keys) == 500
 
-    with ImageLoader(storage, threads=4) as loader:
+    with ImageLoader(storage, threads=4, batch=batch) as loader:
         fetched = loader.fetch_many(keys)
         next(fetched)
         loader.close()  # let in-flight fetches finish, start no new ones
 
-        assert CountingStorage.reads <= 2 * 4 + 1
+        assert CountingStorage.reads <= (2 * 4 + 1) * batch  # at most 2 x threads tasks of `batch` keys
         fetched.close()
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_loader_batches_local_reads_and_sends_object_storage_reads_one_by_one(
+    fashion_transfer: FashionTransfer, s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    s3 = open_storage(f"s3://{s3_bucket}/ds", s3_server.storage_spec())
+    with ImageLoader(LocalStorage(str(fashion_transfer.train)), threads=2) as local:
+        assert local.batch == LOCAL_BATCH
+    with ImageLoader(s3, threads=2) as remote:
+        assert remote.batch == 1
 
 
 def test_cache_serves_later_epochs_and_stays_within_its_bound(
