@@ -216,8 +216,16 @@ class CandidateResult:
 def _load_search(store: CheckpointStore) -> tuple[dict[str, dict[str, Any]], float]:
     """A restarted search's saved candidates by name, and the seconds it had spent (nothing saved: {}, 0)."""
     saved = store.read_json(SEARCH_STATE) or {}
-    finished = {c["result"]["name"]: c for c in saved.get("candidates", [])}
-    seconds = float(saved.get("seconds", 0.0))
+    try:
+        finished = {c["result"]["name"]: c for c in saved.get("candidates", [])}
+        seconds = float(saved.get("seconds", 0.0))
+        for entry in finished.values():
+            status, curve, notices = entry["result"]["status"], entry["curve"], entry["notices"]
+            if not (isinstance(status, str) and isinstance(curve, list) and isinstance(notices, list)):
+                raise TypeError(f"candidate {entry['result']['name']!r} is incomplete")
+    except (KeyError, TypeError, ValueError) as exc:  # not what _save_search writes: start the search over
+        log.warning("ignoring an unreadable %s (%r); the search starts over", SEARCH_STATE, exc)
+        return {}, 0.0
     if finished:
         log.info("search: resuming after %d candidate(s) (%.0f s spent before)", len(finished), seconds)
     return finished, seconds
