@@ -18,7 +18,7 @@ top layers and fit again, with no feature caching. Measured in one run:
   imports the trainer and builds the model (the fixed part). Target: 10x within 1.2x.
 
 Size knobs (environment): BENCH_TRAINER_PER_CLASS (default 400), BENCH_TRAINER_HEAD_EPOCHS (10, as the
-default head stage), BENCH_TRAINER_TUNE_EPOCHS (3), BENCH_TRAINER_RSS_PER_CLASS (100), BENCH_TRAINER_SEEDS (3:
+default head stage), BENCH_TRAINER_TUNE_EPOCHS (5), BENCH_TRAINER_RSS_PER_CLASS (100), BENCH_TRAINER_SEEDS (3:
 the head stages of both sides are repeated with this many initialisation seeds; times and accuracies are
 their means).
 """
@@ -39,7 +39,7 @@ import numpy as np
 
 _PER_CLASS = int(os.environ.get("BENCH_TRAINER_PER_CLASS", "400"))
 _HEAD_EPOCHS = int(os.environ.get("BENCH_TRAINER_HEAD_EPOCHS", "10"))
-_TUNE_EPOCHS = int(os.environ.get("BENCH_TRAINER_TUNE_EPOCHS", "3"))
+_TUNE_EPOCHS = int(os.environ.get("BENCH_TRAINER_TUNE_EPOCHS", "5"))
 _RSS_PER_CLASS = int(os.environ.get("BENCH_TRAINER_RSS_PER_CLASS", "100"))
 # Head-stage repeats with different initialisation/dropout seeds: one run's held-out accuracy moves by about
 # 0.03 with the seed alone, as much as the difference being measured.
@@ -112,17 +112,38 @@ def _baseline(train_dir: Path, test_dir: Path, backbone_path: Path) -> dict[str,
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train, epochs=1, verbose=0, steps_per_epoch=2)  # warm-up: tracing is not throughput
+    epochs = _EpochClock()
     started = time.monotonic()
-    model.fit(train, validation_data=val, epochs=_TUNE_EPOCHS, verbose=0)
+    model.fit(train, validation_data=val, epochs=_TUNE_EPOCHS, verbose=0, callbacks=[epochs.callback])
     tune_seconds = time.monotonic() - started
+    tune_accuracy = float(model.evaluate(test, verbose=0)[1])
     return {
         "head_seconds": float(np.mean([h[0] for h in heads])),
         "head_accuracy": float(np.mean([h[1] for h in heads])),
         "head_runs": ", ".join(f"{t:.1f} s / {a:.3f}" for t, a in heads),
-        "tune_images_per_second": images * _TUNE_EPOCHS / tune_seconds,
+        # Steady rate as kubegraft reports its own: images over the median epoch after the first (tracing).
+        "tune_images_per_second": images / float(np.median(epochs.seconds[1:] or epochs.seconds)),
+        "tune_seconds": tune_seconds,
+        "tune_accuracy": tune_accuracy,
         "train_images": images,
     }
+
+
+class _EpochClock:
+    """A Keras callback noting each epoch's wall time (training and validation)."""
+
+    def __init__(self) -> None:
+        import keras
+
+        class Clock(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_begin(inner, epoch: int, logs: Any = None) -> None:  # noqa: N805
+                inner.started = time.monotonic()
+
+            def on_epoch_end(inner, epoch: int, logs: Any = None) -> None:  # noqa: N805
+                self.seconds.append(time.monotonic() - inner.started)
+
+        self.seconds: list[float] = []
+        self.callback = Clock()
 
 
 def _spec(train_dir: Path, backbone_path: Path, output: Path, head_epochs: int, tune_epochs: int) -> Any:
@@ -235,6 +256,9 @@ def _kubegraft_run(train_dir: Path, test_dir: Path, backbone_path: Path, output:
         "run_head_seconds": head.seconds,
         "final_accuracy": final,
         "tune_images_per_second": tune.images_per_second or 0.0,
+        "tune_seconds": tune.seconds,
+        "tune_prefix_seconds": tune.feature_seconds,
+        "tune_cut": tune.frozen_prefix or "none",
     }
 
 
@@ -394,6 +418,20 @@ def run() -> str:
             ">= 1.5x",
         ),
         (
+            f"fine-tune stage, {_TUNE_EPOCHS} epochs, wall time (s)",
+            f"{base['tune_seconds']:.1f}",
+            f"{ours['tune_seconds']:.1f}",
+            f"{base['tune_seconds'] / ours['tune_seconds']:.1f}x faster",
+            "",
+        ),
+        (
+            "held-out accuracy after the fine-tune",
+            f"{base['tune_accuracy']:.3f}",
+            f"{ours['final_accuracy']:.3f}",
+            f"{ours['final_accuracy'] - base['tune_accuracy']:+.3f}",
+            "",
+        ),
+        (
             f"peak RSS of `kubegraft run`, {_RSS_PER_CLASS * 5} / {_RSS_PER_CLASS * 50} images (MiB)",
             "",
             f"{rss1['peak']:.0f} / {rss10['peak']:.0f}",
@@ -402,6 +440,7 @@ def run() -> str:
         ),
     ]
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    head_verdict = "Head stage: target met." if head_ratio >= 10 else "Why the 10x target is missed:"
     return f"""## Trainer: staged run vs the tutorial recipe
 
 Machine: {machine}; 1-minute load average {load:.1f} at the end. Task: Fashion-MNIST classes 0-4 as
@@ -428,14 +467,22 @@ off), then the same fine-tune.
 - Inside a whole `train()` run (head, then {_TUNE_EPOCHS} fine-tune epochs) the head stage took
   {ours["run_head_seconds"]:.2f} s (the backbone health check before the stages has decoded the training
   split by then); that run's held-out accuracy after fine-tuning: {ours["final_accuracy"]:.3f}.
-- Why the 10x target is missed: kubegraft's head epochs are cheap ({ours["epoch_seconds"]:.2f} s for
-  {_HEAD_EPOCHS}), but one pass of fetching, checking and decoding the PNGs plus one traced backbone pass
-  ({ours["feature_seconds"]:.2f} s) already costs more than a tenth of the tutorial's
-  {base["head_seconds"]:.1f} s on this box: the tutorial's ten epochs decode and run the backbone ten times,
-  so the best the cache can give at ten epochs is about the tutorial's time over (one pass + head epochs).
+- {head_verdict} kubegraft's head epochs are cheap ({ours["epoch_seconds"]:.2f} s for
+  {_HEAD_EPOCHS}); one pass of fetching, checking and decoding the PNGs plus one traced backbone pass
+  ({ours["feature_seconds"]:.2f} s) is most of its time, while the tutorial's ten epochs decode and run the
+  backbone ten times, so at ten epochs the cache can give at most about the tutorial's time over
+  (one pass + head epochs). Small PNGs are decoded by the Pillow check that vets every file anyway
+  (bit-identical to TensorFlow's decode, which still serves) and resized in batches, so no tf.data decode
+  pipeline starts for them.
   The accuracy comparison is not like for like in one respect, left as measured: the tutorial trains with
   random flips, while kubegraft's cached head sees the unflipped images (flips would put it on the uncached
   path, like the tutorial's); this run does not separate that from other causes.
+- Fine-tune: the rate is training images over the median epoch after the first (tracing), for both
+  sides; the wall time is the whole stage. kubegraft unfreezes the same top {_TRAINABLE} layers but, with
+  augmentation off, cuts the model below the lowest of them (at `{ours["tune_cut"]}`), runs the frozen
+  bottom once per image ({ours["tune_prefix_seconds"]:.2f} s of its stage) and trains the top on that
+  output every epoch; the tutorial runs the whole backbone every epoch, and its RandomFlip would rule
+  the cut out (kubegraft then trains the full model on pixels, as it does with augmentation on).
 - Peak RSS: each size is a fresh `kubegraft run FILE --local` process (head 2 epochs, fine-tune 1,
   export), its own peak from `os.wait4` in a small launcher process (spawned directly from the benchmark,
   a child inherits the benchmark's own ~1.1 GiB high-water mark across exec: the cause of the identical

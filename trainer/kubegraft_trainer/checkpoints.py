@@ -74,6 +74,7 @@ class StageCheckpoint:
     optimizer: str
     best: str | None
     cached_features: bool
+    frozen_prefix: str | None = None  # the cut of a fine-tune trained on cached prefix activations
 
 
 @dataclass
@@ -220,6 +221,7 @@ class CheckpointStore:
         early_stopping: dict[str, Any],
         best_weights: list[np.ndarray[Any, Any]] | None,
         cached_features: bool,
+        frozen_prefix: str | None = None,
     ) -> None:
         """Save the current stage after a finished epoch (files first, then the state naming them).
 
@@ -231,6 +233,8 @@ class CheckpointStore:
             early_stopping: Serialisable early-stopping state.
             best_weights: Early stopping's best weights so far, if any.
             cached_features: Whether the stage trains the head on cached features.
+            frozen_prefix: The cut, when the stage trains the model's suffix on cached prefix activations
+                (``trained`` is then that suffix).
         """
         stem = f"stage-s{index}-e{epochs_done}"
         weights, optimizer = f"{stem}.weights.npz", f"{stem}.optimizer.npz"
@@ -242,7 +246,15 @@ class CheckpointStore:
             self.storage.write_bytes(best, _arrays_to_bytes(best_weights))
         previous = self.state.stage
         self.state.stage = StageCheckpoint(
-            index, epochs_done, history, early_stopping, weights, optimizer, best, cached_features
+            index,
+            epochs_done,
+            history,
+            early_stopping,
+            weights,
+            optimizer,
+            best,
+            cached_features,
+            frozen_prefix=frozen_prefix,
         )
         stale = [previous.weights, previous.optimizer, previous.best or ""] if previous else []
         self._write_state([s for s in stale if s not in (weights, optimizer, best)])

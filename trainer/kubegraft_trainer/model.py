@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 HEAD_NAME = "head"
 AUGMENTATION_NAME = "augmentation"
+PREPROCESS_NAME = "preprocess"
 
 
 @dataclass
@@ -157,7 +158,7 @@ def build_transfer_model(
     size = loaded.image_size
     backbone = loaded.model
     feature_dim = int(backbone.output.shape[-1])
-    preprocess = Preprocess(loaded.preprocess_mode, name="preprocess")
+    preprocess = Preprocess(loaded.preprocess_mode, name=PREPROCESS_NAME)
     head_model = build_head(head, feature_dim, num_classes, linear=linear)
 
     inputs = keras.Input((size, size, 3), name=INPUT_NAME)
@@ -190,6 +191,90 @@ def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
             yield layer
 
     return list(walk(backbone))
+
+
+@dataclass
+class FrozenPrefix:
+    """A fine-tune stage's model cut where everything below is frozen and deterministic.
+
+    The prefix's output for an image never changes during the stage, so it is computed once per image and
+    the stage trains ``suffix`` on it: the frozen bottom of the backbone is not run again every epoch.
+
+    Attributes:
+        prefix: Raw pixels to the cut's activations (preprocessing and the frozen bottom, inference mode).
+        suffix: The cut's activations to class probabilities (the backbone's top and the head; the very
+            layers `TransferModel.model` uses, so training it trains the full model).
+        cut: Name of the backbone layer whose output is the cut.
+    """
+
+    prefix: keras.Model
+    suffix: keras.Model
+    cut: str
+
+
+# Layers that compute differently in training, weights or not: a frozen prefix holding one is not cacheable.
+_STOCHASTIC_LAYERS: tuple[type, ...] = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+)
+
+
+def frozen_prefix(parts: TransferModel) -> FrozenPrefix | None:
+    """Split the model below its lowest trainable backbone layer, at a single tensor, after `set_trainable`.
+
+    The cut is the output of the deepest frozen layer that every later layer reaches only through it (a
+    block boundary in residual networks); when the lowest trainable layer sits inside a block, the cut
+    moves down to the block's input and the frozen rest of the block runs in the suffix.
+
+    Args:
+        parts: The transfer model, its trainable flags set for the stage.
+
+    Returns:
+        The split, or None when nothing is gained or it would not be exact: every backbone layer trains,
+        no trainable layer exists, the backbone nests models or shares layers, or the prefix holds a layer
+        that behaves differently in training (dropout, noise, BatchNormalization that trains).
+    """
+    backbone = parts.backbone
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if any(isinstance(layer, keras.Model) or len(layer._inbound_nodes) != 1 for layer in layers):
+        return None
+    trainable = [i for i, layer in enumerate(layers) if layer.trainable and layer.weights]
+    if not trainable:
+        return None
+    for start in range(trainable[0], 0, -1):
+        top = layers[start:]
+        produced = {id(t) for layer in top for t in layer._inbound_nodes[0].output_tensors}
+        external = {
+            id(t): t for layer in top for t in layer._inbound_nodes[0].input_tensors if id(t) not in produced
+        }
+        if len(external) == 1:
+            (cut,) = external.values()
+            break
+    else:
+        return None
+    bottom = layers[:start]
+    if any(_changes_in_training(layer) for layer in bottom):
+        return None
+    preprocess = parts.model.get_layer(PREPROCESS_NAME)
+    inputs = keras.Input((parts.image_size, parts.image_size, 3), name=INPUT_NAME)
+    below = keras.Model(backbone.input, cut, name="frozen_bottom")
+    prefix = keras.Model(inputs, below(preprocess(inputs), training=False), name="frozen_prefix")
+    above = keras.Model(cut, backbone.output, name="backbone_top")
+    cut_inputs = keras.Input(tuple(cut.shape[1:]), name="cut")
+    features = above(cut_inputs, training=False) if parts.pretrained else above(cut_inputs)
+    suffix = keras.Model(cut_inputs, parts.head(features), name="trainable_suffix")
+    return FrozenPrefix(prefix, suffix, cut._keras_history.operation.name)
+
+
+def _changes_in_training(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, _STOCHASTIC_LAYERS):
+        return True
+    return isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
 
 
 def _unfreeze_models(model: keras.Model) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from kubegraft.runtime import FailureReason
 from kubegraft_trainer.errors import TrainerError
-from kubegraft_trainer.images import decode_and_resize, is_decodable
+from kubegraft_trainer.images import check_image, decode_and_resize, resize_pixels
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -42,6 +42,8 @@ _NO_BOX = (0, 0, 0, 0)  # a box without area: decode_and_resize keeps the whole 
 _SKIP_SAMPLE = 10
 _CHUNK = 32  # images handed from Python to TensorFlow per generator call
 LOCAL_BATCH = 64  # keys per fetch task on a local disk (see ImageLoader)
+_Checked = tuple[bytes, np.ndarray | None]  # an object's bytes and, where the check decoded them, its pixels
+_HOST_RESIZE_CHUNK = 512  # host-decoded images held before they are resized (bounds their memory)
 # Reasons that mean "this object is gone": skip it like a corrupt file instead of failing the run.
 _MISSING_REASONS = frozenset({FailureReason.DATASET_NOT_FOUND})
 
@@ -121,10 +123,27 @@ class ImageLoader:
         Raises:
             TrainerError: Storage failures other than a missing object (access denied, unreachable).
         """
+        loaded = self.fetch_checked(key, keep_pixels=False)
+        return None if loaded is None else loaded[0]
+
+    def fetch_checked(self, key: str, *, keep_pixels: bool) -> _Checked | None:
+        """`fetch`, also returning the pixels the check decoded where they equal TensorFlow's decode.
+
+        Args:
+            key: The object.
+            keep_pixels: Decode (or keep) RGB pixels where `images.check_image` can; else never.
+
+        Returns:
+            ``(bytes, pixels or None)``, or None if the object is missing or not a decodable image.
+
+        Raises:
+            TrainerError: Storage failures other than a missing object (access denied, unreachable).
+        """
         with self._lock:
             verdict = self._verdicts.get(key)
         if verdict is False:
             return None
+        pixels = None
         data = self.cache.get(key) if self.cache is not None else None
         if data is None:
             try:
@@ -134,17 +153,18 @@ class ImageLoader:
                     self._skip(key, exc.message)
                     return None
                 raise
-            if verdict is None and not is_decodable(data):
-                self._skip(key, f"not a decodable image ({len(data)} bytes)")
-                return None
+            if verdict is None or keep_pixels:
+                decodable, pixels = check_image(data, keep_pixels=keep_pixels)
+                if not decodable:
+                    self._skip(key, f"not a decodable image ({len(data)} bytes)")
+                    return None
             if self.cache is not None:
                 self.cache.put(key, data)
+        elif keep_pixels:  # the cache holds checked objects only
+            pixels = check_image(data, keep_pixels=True)[1]
         with self._lock:
             self._verdicts[key] = True
-        return data
-
-    def _fetch_batch(self, keys: list[str]) -> list[bytes | None]:
-        return [self.fetch(key) for key in keys]
+        return data, pixels
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
         """Fetch ``keys`` concurrently, yielding ``(key, bytes or None)`` in the given order.
@@ -152,11 +172,22 @@ class ImageLoader:
         At most ``2 * threads`` tasks of ``batch`` keys are in flight, so memory does not grow with the
         number of keys.
         """
-        window: deque[tuple[list[str], Future[list[bytes | None]]]] = deque()
+        for key, loaded in self._in_order(keys, keep_pixels=False):
+            yield key, None if loaded is None else loaded[0]
+
+    def fetch_many_checked(self, keys: Iterable[str]) -> Iterator[tuple[str, _Checked | None]]:
+        """`fetch_many` with `fetch_checked`'s pixels (``keep_pixels=True``), in the given order."""
+        return self._in_order(keys, keep_pixels=True)
+
+    def _fetch_batch(self, keys: list[str], keep_pixels: bool) -> list[_Checked | None]:
+        return [self.fetch_checked(key, keep_pixels=keep_pixels) for key in keys]
+
+    def _in_order(self, keys: Iterable[str], *, keep_pixels: bool) -> Iterator[tuple[str, _Checked | None]]:
+        window: deque[tuple[list[str], Future[list[_Checked | None]]]] = deque()
         pending = iter(keys)
         try:
             while batch := list(itertools.islice(pending, self.batch)):
-                window.append((batch, self._pool.submit(self._fetch_batch, batch)))
+                window.append((batch, self._pool.submit(self._fetch_batch, batch, keep_pixels)))
                 if len(window) >= 2 * self.threads:
                     head, future = window.popleft()
                     yield from zip(head, future.result(), strict=True)
@@ -283,11 +314,13 @@ def load_arrays(
 def load_arrays_many(
     groups: Sequence[Sequence[Example]], loader: ImageLoader, image_size: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Load several small splits into memory in one pass (one fetch window, one decode pipeline).
+    """Load several small splits into memory in one pass (one fetch window, at most one decode pipeline).
 
-    Every object is fetched through ``loader`` (its thread pool, cache and skip bookkeeping), then all bytes
-    are decoded by one ``tf.data`` map with parallel calls: a pipeline costs about half a second to start on
-    two cores, so one per split would cost more than the decoding of a few thousand small images.
+    Every object is fetched and checked through ``loader`` (its thread pool, cache and skip bookkeeping).
+    Images whose check already decoded them exactly as TensorFlow would (`images.check_image`: small PNGs)
+    are resized in batches by `images.resize_pixels`; the rest are decoded by one ``tf.data`` map with
+    parallel calls. A pipeline costs about half a second to start on two cores, more than decoding a few
+    thousand small images, so none is built when every image was decoded on the host.
 
     Args:
         groups: The splits' examples, each kept in order.
@@ -300,47 +333,37 @@ def load_arrays_many(
     Raises:
         TrainerError: If storage fails (not for bad images).
     """
-    import tensorflow as tf
-
-    encoded: list[bytes] = []
+    total = sum(len(group) for group in groups)
+    # Pages of the unused tail (skipped images) are never touched, so they cost no memory.
+    pixels = np.empty((total, image_size, image_size, 3), np.float32)
     labels: list[int] = []
-    boxes: list[tuple[int, int, int, int]] = []
     sizes: list[int] = []
+    host: list[tuple[int, np.ndarray]] = []
+    encoded: list[tuple[int, bytes, tuple[int, int, int, int]]] = []
     try:
         for group in groups:
             kept = 0
-            for example, (_, data) in zip(group, loader.fetch_many(ex.key for ex in group), strict=True):
-                if data is None:
+            fetched = loader.fetch_many_checked(ex.key for ex in group)
+            for example, (_, loaded) in zip(group, fetched, strict=True):
+                if loaded is None:
                     continue
-                encoded.append(data)
+                data, decoded = loaded
+                index = len(labels)
                 labels.append(example.label)
-                boxes.append(example.box or _NO_BOX)
                 kept += 1
+                if decoded is not None and example.box is None:
+                    host.append((index, decoded))
+                    if len(host) >= _HOST_RESIZE_CHUNK:
+                        _resize_into(pixels, host, image_size)
+                else:
+                    encoded.append((index, data, example.box or _NO_BOX))
             sizes.append(kept)
     except TrainerError as exc:
         loader.failure = exc  # as make_dataset does, for callers that look there
         raise
+    _resize_into(pixels, host, image_size)
     loader.report_skipped()
-    empty = (np.zeros((0, image_size, image_size, 3), np.float32), np.zeros((0,), np.int32))
-    if not encoded:
-        return [empty for _ in groups]
-
-    def decode(data: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
-        return decode_and_resize(data, image_size, box)
-
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(
-            (tf.constant(encoded, tf.string), tf.constant(np.asarray(boxes, np.int32).reshape(-1, 4)))
-        )
-        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(256)
-    )
-    pixels = np.empty((len(encoded), image_size, image_size, 3), np.float32)
-    start = 0
-    for batch in dataset.as_numpy_iterator():
-        pixels[start : start + len(batch)] = batch
-        start += len(batch)
-    del encoded
+    _decode_into(pixels, encoded, image_size)
     all_labels = np.asarray(labels, np.int32)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     offset = 0
@@ -348,3 +371,42 @@ def load_arrays_many(
         out.append((pixels[offset : offset + size], all_labels[offset : offset + size]))
         offset += size
     return out
+
+
+def _resize_into(out: np.ndarray, decoded: list[tuple[int, np.ndarray]], image_size: int) -> None:
+    """Resize host-decoded images into ``out`` at their indices, one TensorFlow call per image shape."""
+    by_shape: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+    for index, image in decoded:
+        by_shape.setdefault(image.shape, []).append((index, image))
+    for same in by_shape.values():
+        stacked = np.stack([image for _, image in same])
+        out[[index for index, _ in same]] = resize_pixels(stacked, image_size).numpy()
+    decoded.clear()
+
+
+def _decode_into(
+    out: np.ndarray, encoded: list[tuple[int, bytes, tuple[int, int, int, int]]], image_size: int
+) -> None:
+    """Decode encoded images (with their crop boxes) into ``out`` at their indices, in one tf.data pass."""
+    if not encoded:
+        return
+    import tensorflow as tf
+
+    def decode(data: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+        return decode_and_resize(data, image_size, box)
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(
+            (
+                tf.constant([data for _, data, _ in encoded], tf.string),
+                tf.constant(np.asarray([box for _, _, box in encoded], np.int32).reshape(-1, 4)),
+            )
+        )
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(256)
+    )
+    indices = np.asarray([index for index, _, _ in encoded])
+    start = 0
+    for batch in dataset.as_numpy_iterator():
+        out[indices[start : start + len(batch)]] = batch
+        start += len(batch)
