@@ -31,6 +31,8 @@ import keras
 import numpy as np
 import numpy.typing as npt
 
+from kubegraft_trainer.inference import run_inference
+
 __all__ = [
     "COLLAPSE_THRESHOLD",
     "SPREAD_SAMPLE",
@@ -99,7 +101,8 @@ def feature_spread(backbone: keras.Model, images: npt.ArrayLike, *, batch_size: 
     array = np.asarray(images, dtype="float32")
     if array.shape[0] < 2:
         raise ValueError(f"the spread needs at least two images, got {array.shape[0]}")
-    return spread_of_features(backbone.predict(array, batch_size=batch_size, verbose=0))
+    # The traced inference function the stages extract features with: one graph per model and process.
+    return spread_of_features(run_inference(backbone, array, batch_size))
 
 
 def is_collapsed(

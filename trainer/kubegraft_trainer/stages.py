@@ -44,6 +44,14 @@ import tensorflow as tf
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
+from kubegraft_trainer.inference import (
+    EXTRACT_PIXELS,
+    extract_arrays,
+    extract_features,
+    extraction_batch,
+    inference_fn,
+    warm_inference,
+)
 from kubegraft_trainer.model import (
     FrozenPrefix,
     TransferModel,
@@ -57,10 +65,6 @@ log = logging.getLogger(__name__)
 
 LINEAR_STEP = "linear"
 _LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0)
-_EXTRACT_BATCH = 256
-WARM_UP_IMAGES = 1  # blank images `warm_inference` runs through a model before a pass over the data
-_EXTRACT_BATCH_MAX = 1024
-_EXTRACT_PIXELS = 1 << 22  # pixels per extraction call below which small images get bigger batches
 _EVAL_CHUNK = 8192
 DEFAULT_MEMORY_BUDGET = 1024**3  # activations a source without a budget of its own may hold
 
@@ -102,111 +106,6 @@ class StageRecord:
     regressed: bool = False
     frozen_prefix: str | None = None
     restored: str | None = None
-
-
-# One inference function per model, traced once for any batch size (a Keras predict_on_batch retraces on the
-# last, smaller batch: about a second each time on two cores).
-_INFERENCE: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
-
-
-def _inference_fn(model: keras.Model) -> Any:
-    """``model`` in inference mode as a `tf.function` with a batch-agnostic input signature."""
-    fn = _INFERENCE.get(model)
-    if fn is None:
-        shape = (None, *tuple(model.inputs[0].shape[1:]))
-        dtype = model.inputs[0].dtype
-        # No autograph: a Keras model's call has no tensor-dependent Python control flow, and converting
-        # its layers' code doubled the trace time of a MobileNetV2 (0.75 s instead of 1.2 s here).
-        fn = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec(shape, dtype)],
-            autograph=False,
-        )
-        _INFERENCE[model] = fn
-    return fn
-
-
-def extraction_batch(model: keras.Model) -> int:
-    """Images per extraction call for ``model``'s input size: 256, and up to 1,024 for small images.
-
-    Small images leave a CPU's kernels underfed: 2,000 images of 32 px through a MobileNetV2 took 0.22 s in
-    batches of 256 and 0.16 s in batches of 1,000. The cap on pixels per call keeps memory as it was for
-    images of 128 px and more.
-    """
-    side = model.inputs[0].shape[1]
-    if not side:
-        return _EXTRACT_BATCH
-    return max(_EXTRACT_BATCH, min(_EXTRACT_BATCH_MAX, _EXTRACT_PIXELS // (int(side) * int(side))))
-
-
-def warm_inference(model: keras.Model) -> None:
-    """Trace ``model``'s inference function and run it once on `WARM_UP_IMAGES` blank image(s).
-
-    The first call of a traced function optimises its graph and builds its kernels (0.2 s for a
-    MobileNetV2 here); paying that on a blank image lets it overlap other work, such as decoding. (An empty
-    batch would not do: oneDNN's convolutions refuse it.)
-    """
-    fn = _inference_fn(model)
-    shape = tuple(model.inputs[0].shape[1:])
-    if all(shape):
-        fn(tf.zeros((WARM_UP_IMAGES, *shape), model.inputs[0].dtype))
-    else:
-        fn.get_concrete_function()
-
-
-def _empty_outputs(model: keras.Model) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    width = int(model.output.shape[-1])
-    return np.zeros((0, width), dtype="float32"), np.zeros((0,), dtype="int32")
-
-
-def extract_features(
-    extractor: keras.Model, dataset: tf.data.Dataset
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Run ``extractor`` once over every batch of ``dataset``.
-
-    Args:
-        extractor: Pixels to features (or probabilities), inference mode.
-        dataset: Batches of (pixels, labels).
-
-    Returns:
-        The outputs [N, D] and the labels [N], in dataset order.
-    """
-    fn = _inference_fn(extractor)
-    outputs: list[np.ndarray[Any, Any]] = []
-    labels: list[np.ndarray[Any, Any]] = []
-    for pixels, batch_labels in dataset:
-        outputs.append(np.asarray(fn(pixels)))
-        labels.append(np.asarray(batch_labels))
-    if not outputs:
-        return _empty_outputs(extractor)
-    return np.concatenate(outputs).astype("float32"), np.concatenate(labels).astype("int32")
-
-
-def extract_arrays(
-    extractor: keras.Model,
-    pixels: np.ndarray[Any, Any],
-    labels: np.ndarray[Any, Any],
-    batch_size: int = _EXTRACT_BATCH,
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Run ``extractor`` over in-memory pixels in batches, without a tf.data pipeline.
-
-    Args:
-        extractor: Pixels to features (or probabilities), inference mode.
-        pixels: Raw pixels [N, S, S, 3].
-        labels: Labels [N] (returned as int32).
-        batch_size: Images per call.
-
-    Returns:
-        The outputs [N, D] and the labels [N].
-    """
-    if len(pixels) == 0:
-        return _empty_outputs(extractor)
-    fn = _inference_fn(extractor)
-    outputs = [
-        np.asarray(fn(tf.convert_to_tensor(pixels[i : i + batch_size], dtype=tf.float32)))
-        for i in range(0, len(pixels), batch_size)
-    ]
-    return np.concatenate(outputs).astype("float32"), np.asarray(labels).astype("int32")
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -477,9 +376,9 @@ class HeadLoop:
 
     def evaluate(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model on ``(x, y)`` in inference mode."""
-        fn = _inference_fn(self.model)
+        fn = inference_fn(self.model)
         # Feature vectors go in big chunks; activation maps (a suffix of the backbone) in smaller ones.
-        chunk = max(1, min(_EVAL_CHUNK, _EXTRACT_PIXELS // max(1, int(np.prod(x.shape[1:])) // 16)))
+        chunk = max(1, min(_EVAL_CHUNK, EXTRACT_PIXELS // max(1, int(np.prod(x.shape[1:])) // 16)))
         probs = np.concatenate(
             [np.asarray(fn(x[i : i + chunk]), dtype="float64") for i in range(0, len(x), chunk)]
         )

@@ -11,9 +11,9 @@ import pytest
 
 from kubegraft.spec import Augmentation, Head
 from kubegraft_trainer.backbones import LoadedBackbone
+from kubegraft_trainer.inference import WARM_UP_IMAGES
 from kubegraft_trainer.model import TransferModel, build_transfer_model, frozen_prefix, set_trainable
 from kubegraft_trainer.run import train
-from kubegraft_trainer.stages import WARM_UP_IMAGES
 from tests.integration.trainer.conftest import SpecFactory, counted_images, stage
 
 

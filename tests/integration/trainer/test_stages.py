@@ -15,11 +15,12 @@ import tensorflow as tf
 from kubegraft.runtime import NoticeReason
 from kubegraft_trainer.backbones import load_backbone
 from kubegraft_trainer.checkpoints import CheckpointStore, spec_hash
+from kubegraft_trainer.inference import WARM_UP_IMAGES
 from kubegraft_trainer.model import build_transfer_model
 from kubegraft_trainer.progress import ProgressTracker
 from kubegraft_trainer.run import train
 from kubegraft_trainer.sources import ArraySource
-from kubegraft_trainer.stages import WARM_UP_IMAGES, StageRecord, StageRunner
+from kubegraft_trainer.stages import StageRecord, StageRunner
 from kubegraft_trainer.storage import open_storage
 from tests.harness.fashion import load_fashion_mnist
 from tests.integration.trainer.conftest import SpecFactory, counted_images, stage
