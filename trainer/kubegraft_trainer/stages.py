@@ -368,9 +368,17 @@ class HeadLoop:
         self._epoch = tf.function(epoch, input_signature=spec, autograph=False)
 
     def trace(self) -> None:
-        """Build the epoch's graph now (it is otherwise built by the first epoch); safe in another thread."""
+        """Build the epoch's and the evaluation's graphs now (else the first epoch does); thread-safe.
+
+        Both are also run once, so TensorFlow optimises their graphs here: the epoch on no examples (its loop
+        runs no step, nothing changes), the evaluation on one blank input.
+        """
         try:
             self._epoch.get_concrete_function()
+            width = tuple(self.model.inputs[0].shape[1:])
+            nothing = tf.zeros((0,), tf.int32)
+            self._epoch(tf.zeros((0, *width), tf.float32), nothing, nothing)
+            warm_inference(self.model)
         except Exception:  # the first epoch traces again and raises whatever is wrong
             log.debug("tracing the head loop ahead failed", exc_info=True)
 
