@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import kubegraft_trainer  # noqa: F401  # before any TensorFlow import, for libcurl (see its __init__)
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = (
     "# Benchmarks\n\n"

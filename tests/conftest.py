@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import kubegraft_trainer  # noqa: F401  # before TensorFlow, for libcurl's sake (see kubegraft_trainer/__init__)
+
 _TIERS = ("unit", "integration", "e2e")
 
 

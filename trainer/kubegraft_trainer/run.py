@@ -298,7 +298,7 @@ def _train_and_predict(
     remote = spec.dataset.uri.startswith("s3://")
     cache = DiskCache(scratch / "images", _DISK_CACHE_BYTES) if remote else None
     data_storage = open_storage(spec.dataset.uri, spec.storage)
-    with ImageLoader(data_storage, threads=32 if remote else 4, cache=cache) as loader:
+    with ImageLoader(data_storage, cache=cache) as loader:  # threads and batch suit the storage
         source = PipelineSource(splits, loader, parts.image_size)
         store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec))
         try:

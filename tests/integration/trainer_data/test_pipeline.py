@@ -16,8 +16,8 @@ from kubegraft.spec import DatasetSpec
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.dataset import Example, discover
 from kubegraft_trainer.errors import TrainerError
-from kubegraft_trainer.pipeline import LOCAL_BATCH, ImageLoader, load_arrays, make_dataset
-from kubegraft_trainer.storage import LocalStorage, open_storage
+from kubegraft_trainer.pipeline import LOCAL_BATCH, S3_BATCH, ImageLoader, load_arrays, make_dataset
+from kubegraft_trainer.storage import LocalStorage, S3Storage, open_storage
 from tests.harness.fashion import FashionTransfer, write_class_folders
 from tests.harness.s3 import SeaweedFS, upload_tree
 
@@ -163,14 +163,16 @@ def test_loader_keeps_a_bounded_window_in_flight(fashion_transfer: FashionTransf
 
 
 @pytest.mark.usefixtures("s3_env")
-def test_loader_batches_local_reads_and_sends_object_storage_reads_one_by_one(
+def test_loader_batches_local_reads_and_object_storage_reads_only_where_they_run_at_once(
     fashion_transfer: FashionTransfer, s3_server: SeaweedFS, s3_bucket: str
 ) -> None:
-    s3 = open_storage(f"s3://{s3_bucket}/ds", s3_server.storage_spec())
-    with ImageLoader(LocalStorage(str(fashion_transfer.train)), threads=2) as local:
-        assert local.batch == LOCAL_BATCH
-    with ImageLoader(s3, threads=2) as remote:
-        assert remote.batch == 1
+    spec = s3_server.storage_spec()
+    with ImageLoader(LocalStorage(str(fashion_transfer.train))) as local:
+        assert (local.batch, local.threads) == (LOCAL_BATCH, 4)
+    with ImageLoader(S3Storage(f"s3://{s3_bucket}/ds", spec)) as remote:  # GETs of a batch run on libcurl
+        assert (remote.batch, remote.threads) == (S3_BATCH, 4)
+    with ImageLoader(S3Storage(f"s3://{s3_bucket}/ds", spec, fast_get=False)) as boto:  # one GET per task
+        assert (boto.batch, boto.threads) == (1, 32)
 
 
 def test_cache_serves_later_epochs_and_stays_within_its_bound(

@@ -179,3 +179,52 @@ def test_discovering_a_missing_prefix_in_s3_is_dataset_not_found(
 
     assert caught.value.reason == FailureReason.DATASET_NOT_FOUND
     assert f"s3://{s3_bucket}/no/such/prefix" in caught.value.message
+
+
+def test_batched_reads_return_each_object_or_its_error_in_order(s3_server: SeaweedFS, s3_bucket: str) -> None:
+    storage = S3Storage(f"s3://{s3_bucket}/batch", s3_server.storage_spec())
+    keys = [f"c{i % 3}/img {i}+é.png" for i in range(40)]
+    for i, key in enumerate(keys):
+        storage.write_bytes(key, i.to_bytes(2, "big") * 300)
+    assert storage.batches_reads  # pycurl is installed: a batch's GETs run at once on libcurl
+
+    results = storage.read_many([*keys[:20], "c0/missing.png", *keys[20:]])
+
+    assert results[:20] == [i.to_bytes(2, "big") * 300 for i in range(20)]
+    assert results[21:] == [i.to_bytes(2, "big") * 300 for i in range(20, 40)]
+    missing = results[20]
+    assert isinstance(missing, TrainerError) and missing.reason == FailureReason.DATASET_NOT_FOUND
+    assert storage.read_many([]) == []
+
+
+def test_batched_reads_with_wrong_credentials_carry_access_denied(
+    s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_server.client().put_object(Bucket=s3_bucket, Key="a/1.png", Body=b"x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-1234")
+    storage = S3Storage(f"s3://{s3_bucket}", s3_server.storage_spec())
+
+    (result,) = storage.read_many(["a/1.png"])
+
+    assert isinstance(result, TrainerError)
+    assert result.reason == FailureReason.STORAGE_ACCESS_DENIED
+    assert "wrong-secret-value-1234" not in str(result)
+
+
+def test_batched_reads_fall_back_to_boto3_when_libcurl_fails_and_then_stop_trying_it(
+    s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    storage = S3Storage(f"s3://{s3_bucket}/fb", s3_server.storage_spec())
+    keys = [f"{i}.png" for i in range(30)]
+    for key in keys:
+        storage.write_bytes(key, key.encode())
+    port = s3_server.endpoint.rsplit(":", 1)[1]
+    # The signed GETs go to a closed port (connection refused): only boto3, which resolves the endpoint
+    # itself, reads the objects.
+    storage._object_url("probe")
+    assert storage._base_url is not None
+    storage._base_url = storage._base_url.replace(f":{port}/", ":1/")
+
+    assert storage.read_many(keys) == [key.encode() for key in keys]
+    assert not storage.batches_reads  # libcurl kept missing where boto3 succeeded: it is off now
+    assert storage.read_many(keys[:3]) == [key.encode() for key in keys[:3]]
