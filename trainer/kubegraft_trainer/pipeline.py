@@ -1,7 +1,8 @@
 """The input pipeline: stream labelled images from storage into batches of raw pixels for Keras.
 
 The trainer calls `make_dataset` per split with the examples from `dataset.discover` and one shared
-`ImageLoader`. Objects are fetched by a thread pool (network I/O releases the GIL), each key's bytes are
+`ImageLoader`. Objects are fetched by a thread pool in tasks of a few keys (``Storage.read_many``: a batch
+of S3 GETs runs at once on libcurl; network I/O releases the GIL), each key's bytes are
 checked once with `images.is_decodable` (bad files are skipped and counted, never fatal), and decoding and
 resizing run as TensorFlow ops (`images.decode_and_resize`, the same function the serving graph uses). Only a
 bounded window of objects is in flight, so memory stays flat however big the data set is. The order is a full
