@@ -272,9 +272,14 @@ def frozen_prefix(parts: TransferModel) -> FrozenPrefix | None:
 
 
 def _changes_in_training(layer: keras.layers.Layer) -> bool:
-    if isinstance(layer, _STOCHASTIC_LAYERS):
+    """Whether ``layer`` may compute differently when the model trains (so its output cannot be cached)."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return bool(layer.trainable)  # frozen, it normalises with its moving statistics either way
+    if isinstance(layer, _STOCHASTIC_LAYERS) or type(layer).__name__.startswith("Random"):
         return True
-    return isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    # A layer from outside Keras that takes `training` may do anything with it (stochastic depth, noise).
+    takes_training = bool(getattr(layer, "_call_has_training_arg", False))
+    return takes_training and not type(layer).__module__.startswith("keras.")
 
 
 def _unfreeze_models(model: keras.Model) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -58,16 +59,46 @@ def test_no_prefix_when_every_layer_trains_or_only_the_head_does() -> None:
     assert frozen_prefix(parts) is None
 
 
-def test_no_prefix_when_the_frozen_bottom_behaves_differently_in_training() -> None:
+class _StochasticDepth(keras.layers.Layer):  # type: ignore[misc]
+    """A custom layer that drops its input while training, as ConvNeXt's stochastic depth does."""
+
+    def call(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        return keras.random.dropout(inputs, 0.5) if training else inputs
+
+
+@pytest.mark.parametrize(
+    "make_layer",
+    [lambda: keras.layers.Dropout(0.5), lambda: keras.layers.GaussianNoise(0.1), _StochasticDepth],
+    ids=["dropout", "noise", "custom-training-arg"],
+)
+def test_no_prefix_when_the_frozen_bottom_behaves_differently_in_training(
+    make_layer: Callable[[], keras.layers.Layer],
+) -> None:
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(4, 3, strides=2, name="conv_0")(inputs)
-    x = keras.layers.Dropout(0.5, name="drop")(x)  # active whenever the full model trains
+    x = make_layer()(x)  # active whenever the full model trains
     x = keras.layers.Conv2D(4, 3, name="conv_1")(x)
     backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(x))
     parts = _parts(backbone)
     set_trainable(parts, 2)  # pool and conv_1
 
     assert frozen_prefix(parts) is None
+
+
+def test_prefix_below_deterministic_frozen_layers_of_any_kind() -> None:
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, name="conv_0")(x)
+    x = keras.layers.BatchNormalization(name="bn_0")(x)
+    x = keras.layers.Dense(4, name="pointwise")(x)  # takes `training`, ignores it
+    x = keras.layers.Conv2D(4, 3, name="conv_1")(x)
+    backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(x))
+    parts = _parts(backbone)
+    set_trainable(parts, 2)  # pool and conv_1
+
+    split = frozen_prefix(parts)
+
+    assert split is not None and split.cut == "pointwise"
 
 
 @pytest.mark.parametrize("augment", [False, True], ids=["prefix-cached", "augmented"])
