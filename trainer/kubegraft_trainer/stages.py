@@ -161,31 +161,38 @@ class FeatureCache:
         """Whether valid features of ``split`` are at hand (nothing is computed)."""
         return split in self._cache and self.is_valid()
 
-    def get_many(self, splits: Iterable[str]) -> None:
+    def get_many(self, splits: Iterable[str], alongside: Callable[[], None] | None = None) -> None:
         """Compute the features of every split in ``splits`` not cached yet, in one pass.
+
+        The extractor's trace (Python) runs first; its first call (graph optimisation in TensorFlow's own
+        threads) overlaps the fetching and decoding; ``alongside`` (more Python, e.g. tracing the head's
+        loop) overlaps the extraction, whose arithmetic releases the GIL. Run one after the other, or all at
+        once, they held each other up: 1.3 s instead of 0.85 s for 2,000 small PNGs on two cores.
 
         Args:
             splits: Split names (train, validation, test).
+            alongside: Work to run in another thread during the extraction (also when nothing is missing).
         """
         if not self.is_valid():
             self.invalidate()
         missing = [s for s in dict.fromkeys(splits) if s not in self._cache]
-        if not missing:
-            return
         started = time.monotonic()
-        preload = getattr(self.source, "preload", None)
-        if callable(preload):
-            # Trace and warm the extractor while the images are fetched and decoded: each takes a fraction
-            # of a second, and the warm-up is mostly TensorFlow's own threads.
-            with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
-                tracing = pool.submit(warm_inference, self.parts.features)
-                preload(missing)  # decode every split asked for in one pipeline
-                tracing.result()
-        for split in missing:
-            self._cache[split] = self._extract(split)
-        # After the pass: a layer that counts or tracks what flows through it has settled.
-        self._fingerprint = weights_fingerprint(self.parts.backbone)
-        self.seconds += time.monotonic() - started
+        with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
+            preload = getattr(self.source, "preload", None)
+            if missing and callable(preload):
+                inference_fn(self.parts.features).get_concrete_function()
+                warming = pool.submit(warm_inference, self.parts.features)
+                preload(missing)  # decode every split asked for in one pass
+                warming.result()
+            side = pool.submit(alongside) if alongside is not None else None
+            for split in missing:
+                self._cache[split] = self._extract(split)
+            if missing:
+                # After the pass: a layer that counts or tracks what flows through it has settled.
+                self._fingerprint = weights_fingerprint(self.parts.backbone)
+                self.seconds += time.monotonic() - started
+            if side is not None:
+                side.result()
 
     def get(self, split: str, *, verify: bool = True) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Features and labels of ``split``, computing them on first use (or when they went stale).
@@ -816,11 +823,8 @@ class StageRunner:
         if cached:
             if self.strategy.num_replicas_in_sync == 1:
                 self._loop = HeadLoop(trained, stage.batch_size)
-                # Trace the head's epoch (Python) while the backbone extracts features (TensorFlow's threads).
-                with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
-                    tracing = pool.submit(self._loop.trace)
-                    self.features.get_many(self._feature_splits(index))
-                    tracing.result()
+                # The head's loop is traced (Python) while the backbone extracts (TensorFlow's threads).
+                self.features.get_many(self._feature_splits(index), alongside=self._loop.trace)
             else:
                 self.features.get_many(self._feature_splits(index))
             train = self.features.get("train", verify=False)
