@@ -211,7 +211,7 @@ def _kubegraft_head(
     started = time.monotonic()  # the model is built; data and training from here, as for the tutorial
     storage = open_storage(spec.dataset.uri, spec.storage)
     splits = discover(spec.dataset, storage)
-    with ImageLoader(storage, threads=4) as loader:
+    with ImageLoader(storage) as loader:  # threads and batch as `kubegraft run` picks them
         source = PipelineSource(splits, loader, 32)
         runner = StageRunner(
             parts,

