@@ -771,6 +771,7 @@ class StageRunner:
         if per_image * sum(self.source.count(s) for s in splits) > budget:
             log.info("stage %s: prefix activations over the memory budget; training on pixels", stage.name)
             return None
+        inference_fn(split.prefix).get_concrete_function()  # alone: tracing is Python (see get_many)
         with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
             warming = pool.submit(warm_inference, split.prefix)
             preload = getattr(self.source, "preload", None)

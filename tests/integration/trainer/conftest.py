@@ -37,6 +37,14 @@ def counted_images(model: keras.Model) -> int:
     raise AssertionError("no CallCounter in the model")
 
 
+def health_check_images(metrics: dict[str, Any]) -> int:
+    """Images the backbone health check before training ran (its sample; twice when it re-estimated BN)."""
+    health = metrics["health"]["before_training"]
+    if not health["checked"]:
+        return 0
+    return int(health["sample"]) * (2 if health.get("repaired") else 1)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small conv backbone (.keras, 32 px, two Conv-BN-ReLU blocks) whose first layer counts its images."""

@@ -15,7 +15,7 @@ from kubegraft_trainer.backbones import LoadedBackbone
 from kubegraft_trainer.inference import WARM_UP_IMAGES
 from kubegraft_trainer.model import TransferModel, build_transfer_model, frozen_prefix, set_trainable
 from kubegraft_trainer.run import train
-from tests.integration.trainer.conftest import SpecFactory, counted_images, stage
+from tests.integration.trainer.conftest import SpecFactory, counted_images, health_check_images, stage
 
 
 def _parts(backbone: keras.Model) -> TransferModel:
@@ -118,8 +118,7 @@ def test_finetune_runs_the_frozen_bottom_once_per_image_unless_augmented(
     _, tune = result.records
     counts = result.metrics["images"]
     seen = counts["train"] + counts["validation"]
-    health = result.metrics["health"]["before_training"]
-    health_n = health["sample"] * (2 if health.get("repaired") else 1) if health["checked"] else 0
+    health_n = health_check_images(result.metrics)
     if augment:
         assert tune.frozen_prefix is None
         passes = 2 * seen + epochs * seen  # the head and every fine-tune epoch run the whole backbone

@@ -23,7 +23,7 @@ from kubegraft_trainer.sources import ArraySource
 from kubegraft_trainer.stages import StageRecord, StageRunner
 from kubegraft_trainer.storage import open_storage
 from tests.harness.fashion import load_fashion_mnist
-from tests.integration.trainer.conftest import SpecFactory, counted_images, stage
+from tests.integration.trainer.conftest import SpecFactory, counted_images, health_check_images, stage
 
 
 def _arrays(
@@ -86,9 +86,7 @@ def test_head_stage_runs_backbone_once_per_image_unless_augmented(
     counts = result.metrics["images"]
     train_n, val_n, test_n = counts["train"], counts["validation"], counts["test"]
     assert result.records[0].cached_features is not augment
-    # The backbone health check before training runs its sample once (twice when it re-estimates BN).
-    health = result.metrics["health"]["before_training"]
-    health_n = health["sample"] * (2 if health.get("repaired") else 1) if health["checked"] else 0
+    health_n = health_check_images(result.metrics)
     expected = (epochs if augment else 1) * (train_n + val_n) + test_n  # the final test pass runs once
     warm_up = 0 if augment else WARM_UP_IMAGES  # the extractor is warmed on a blank image before its pass
     assert counted_images(result.parts.model) == expected + health_n + warm_up
