@@ -60,13 +60,13 @@ from kubegraft_trainer.model import (
     set_trainable,
 )
 from kubegraft_trainer.progress import ProgressCallback, ProgressTracker
+from kubegraft_trainer.sources import DEFAULT_MEMORY_BUDGET
 
 log = logging.getLogger(__name__)
 
 LINEAR_STEP = "linear"
 _LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0)
 _EVAL_CHUNK = 8192
-DEFAULT_MEMORY_BUDGET = 1024**3  # activations a source without a budget of its own may hold
 
 # Training (and optionally validation) arrays: cached features or prefix activations, with labels.
 _Split = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]

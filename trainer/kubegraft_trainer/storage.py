@@ -478,21 +478,32 @@ class S3Storage:
             self._base_url = url.split("?", 1)[0].removesuffix(probe)
         return self._base_url + quote(full_key, safe="/~")
 
+    def _signed_gets(self, full_keys: Sequence[str]) -> builtins.list[tuple[str, dict[str, str]]] | None:
+        """URL and SigV4 headers of a GET per key, with the client's current credentials; None without any."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return None
+        frozen = credentials.get_frozen_credentials()  # refreshed here when temporary ones expire
+        if not frozen.access_key or not frozen.secret_key:
+            return None
+        if self._signer is None:
+            self._signer = GetSigner(self._client.meta.region_name)
+        signed = []
+        for full_key in full_keys:
+            url = self._object_url(full_key)
+            headers = self._signer.headers(url, frozen.access_key, frozen.secret_key, frozen.token)
+            signed.append((url, headers))
+        return signed
+
     def _get_fast(self, full_key: str) -> bytes | None:
         """A SigV4-signed GET on the endpoint's urllib3 pool; None on any failure (boto3 redoes it)."""
         if self._http is None:
             return None
         try:
-            credentials = self._session.get_credentials()
-            if credentials is None:
+            signed = self._signed_gets([full_key])
+            if signed is None:
                 return None
-            frozen = credentials.get_frozen_credentials()  # refreshed here when temporary ones expire
-            if not frozen.access_key or not frozen.secret_key:
-                return None
-            url = self._object_url(full_key)
-            if self._signer is None:
-                self._signer = GetSigner(self._client.meta.region_name)
-            headers = self._signer.headers(url, frozen.access_key, frozen.secret_key, frozen.token)
+            ((url, headers),) = signed
             pool = self._pool
             if pool is None:
                 pool = self._pool = self._http.connection_from_url(url)
@@ -558,21 +569,8 @@ class S3Storage:
     def _get_many_fast(self, multi: MultiGetter, keys: Sequence[str]) -> builtins.list[bytes | None]:
         """Signed GETs of ``keys`` on libcurl; None where that failed (or credentials are missing)."""
         try:
-            credentials = self._session.get_credentials()
-            if credentials is None:
-                return [None] * len(keys)
-            frozen = credentials.get_frozen_credentials()
-            if not frozen.access_key or not frozen.secret_key:
-                return [None] * len(keys)
-            if self._signer is None:
-                self._signer = GetSigner(self._client.meta.region_name)
-            requests = []
-            for key in keys:
-                url = self._object_url(self._key(key))
-                requests.append(
-                    (url, self._signer.headers(url, frozen.access_key, frozen.secret_key, frozen.token))
-                )
-            return multi.get_many(requests)
+            signed = self._signed_gets([self._key(key) for key in keys])
+            return [None] * len(keys) if signed is None else multi.get_many(signed)
         except Exception:  # libcurl or signing trouble: the per-key path redoes them and names the cause
             log.debug("batched GETs failed; reading one by one", exc_info=True)
             return [None] * len(keys)
