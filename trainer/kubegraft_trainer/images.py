@@ -64,12 +64,26 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int, box: tf.Tensor | None
 def resize_pixels(images: tf.Tensor | np.ndarray, image_size: int) -> tf.Tensor:
     """Resize uint8 RGB pixels ``[H, W, 3]`` or a batch ``[N, H, W, 3]`` to float32 squares in 0..255.
 
-    The one resize of training and serving (bilinear with antialiasing); a batch gives each image exactly
-    what it would give alone.
+    The one resize of training and serving: bilinear, antialiased where the image shrinks in either
+    direction. Enlarging needs no antialiasing: the antialiasing filter is then plain bilinear interpolation
+    (the results agree to float rounding, within 0.001 of 255) and costs ten times as much (26 ms against
+    2.7 ms for 512 images from 28 to 32 px here). A batch gives each image exactly what it would give alone.
     """
     import tensorflow as tf
 
-    resized = tf.image.resize(images, [image_size, image_size], method="bilinear", antialias=True)
+    images = tf.convert_to_tensor(images)
+    size = [image_size, image_size]
+
+    def resize(antialias: bool) -> tf.Tensor:
+        return tf.image.resize(images, size, method="bilinear", antialias=antialias)
+
+    height, width = images.shape[-3], images.shape[-2]
+    if height is not None and width is not None:
+        resized = resize(antialias=height > image_size or width > image_size)
+    else:
+        shape = tf.shape(images)
+        enlarges = tf.logical_and(shape[-3] <= image_size, shape[-2] <= image_size)
+        resized = tf.cond(enlarges, lambda: resize(False), lambda: resize(True))
     return tf.clip_by_value(tf.cast(resized, tf.float32), 0.0, 255.0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kubegraft_trainer.images import decode_and_resize
+from kubegraft_trainer.images import decode_and_resize, resize_pixels
 
 COLOR = (200, 40, 90)
 
@@ -113,3 +113,26 @@ def test_decode_works_inside_a_traced_serving_function() -> None:
     batch = serve(tf.constant([solid("RGB", "PNG"), solid("L", "JPEG"), solid("P", "GIF")])).numpy()
 
     assert batch.shape == (3, 24, 24, 3)
+
+
+def test_enlarging_gives_the_antialiased_resize_to_float_rounding() -> None:
+    rng = np.random.default_rng(0)
+    for height, width, side in ((28, 28, 32), (13, 17, 100), (1, 1, 8)):
+        pixels = rng.integers(0, 256, (3, height, width, 3)).astype("uint8")
+        smooth = tf.image.resize(pixels, [side, side], method="bilinear", antialias=True).numpy()
+
+        np.testing.assert_allclose(resize_pixels(pixels, side).numpy(), smooth, atol=1e-3)
+
+
+def test_resize_in_a_graph_of_unknown_shape_equals_the_eager_batch_resize() -> None:
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def one(image: tf.Tensor) -> tf.Tensor:
+        return resize_pixels(image, 24)
+
+    rng = np.random.default_rng(1)
+    for height, width in ((20, 22), (40, 50), (10, 60)):  # enlarging, shrinking, both
+        batch = rng.integers(0, 256, (2, height, width, 3)).astype("uint8")
+        eager = resize_pixels(batch, 24).numpy()
+
+        for image, expected in zip(batch, eager, strict=True):
+            np.testing.assert_array_equal(one(tf.constant(image)).numpy(), expected)
