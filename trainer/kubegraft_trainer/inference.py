@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -26,6 +26,7 @@ __all__ = [
     "extraction_batch",
     "inference_fn",
     "run_inference",
+    "run_inference_many",
     "warm_inference",
 ]
 
@@ -225,9 +226,48 @@ def extract_arrays(
 
 def run_inference(model: keras.Model, inputs: np.ndarray[Any, Any], batch_size: int) -> np.ndarray[Any, Any]:
     """``model``'s inference-mode outputs (float32) for in-memory ``inputs``, through `inference_fn`."""
+    return run_inference_many(model, [inputs], batch_size)[0]
+
+
+def run_inference_many(
+    model: keras.Model, inputs: Sequence[np.ndarray[Any, Any]], batch_size: int
+) -> list[np.ndarray[Any, Any]]:
+    """`run_inference` over several arrays (e.g. the splits) as one run of calls of equal size.
+
+    Every call but the last takes the same number of images, at most ``batch_size``, however the arrays
+    are cut: on a CPU each new input shape costs oneDNN set-up (0.04 s for the first batch of 1,024 small
+    images through a MobileNetV2 here), so splits of 1,680, 300 and 20 images go through as two calls of
+    1,000 rather than four calls of four sizes.
+
+    Returns:
+        One float32 array of outputs per input array, in order.
+    """
     fn = inference_fn(model)
-    outputs = [
-        np.asarray(fn(tf.convert_to_tensor(inputs[i : i + batch_size], dtype=tf.float32)))
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(outputs).astype("float32")
+    counts = [len(array) for array in inputs]
+    total = sum(counts)
+    if total == 0:
+        return [_empty_outputs(model)[0] for _ in inputs]
+    calls = -(-total // batch_size)
+    size = -(-total // calls)
+    outputs: list[np.ndarray[Any, Any]] = []
+    pending: list[np.ndarray[Any, Any]] = []
+    filled = 0
+
+    def flush() -> None:
+        chunk = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        outputs.append(np.asarray(fn(tf.convert_to_tensor(chunk, dtype=tf.float32))))
+        pending.clear()
+
+    for array in inputs:
+        start = 0
+        while start < len(array):
+            take = min(size - filled, len(array) - start)
+            pending.append(array[start : start + take])
+            filled, start = filled + take, start + take
+            if filled == size:
+                flush()
+                filled = 0
+    if pending:
+        flush()
+    everything = np.concatenate(outputs).astype("float32", copy=False)
+    return np.split(everything, np.cumsum(counts)[:-1])

@@ -50,6 +50,7 @@ from kubegraft_trainer.inference import (
     extract_features,
     extraction_batch,
     inference_fn,
+    run_inference_many,
     warm_inference,
 )
 from kubegraft_trainer.model import (
@@ -143,13 +144,20 @@ class FeatureCache:
         self._fingerprint: str | None = None
         _CACHES[id(parts.model)] = self
 
-    def _extract(self, split: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    def _extract(self, splits: list[str]) -> None:
+        """Features of ``splits``: those held in memory in one run of equal calls, the others streamed."""
         arrays = getattr(self.source, "in_memory", None)
-        in_memory = arrays(split) if callable(arrays) else None
-        if in_memory is not None:
-            return extract_arrays(self.parts.features, in_memory[0], in_memory[1], self.batch_size)
-        dataset = self.source.images(split, self.batch_size, shuffle=False, seed=0)
-        return extract_features(self.parts.features, dataset)
+        held = {split: arrays(split) for split in splits} if callable(arrays) else {}
+        in_memory = {split: pair for split, pair in held.items() if pair is not None}
+        features = run_inference_many(
+            self.parts.features, [pixels for pixels, _ in in_memory.values()], self.batch_size
+        )
+        for (split, (_, labels)), outputs in zip(in_memory.items(), features, strict=True):
+            self._cache[split] = (outputs, np.asarray(labels).astype("int32"))
+        for split in splits:
+            if split not in in_memory:
+                dataset = self.source.images(split, self.batch_size, shuffle=False, seed=0)
+                self._cache[split] = extract_features(self.parts.features, dataset)
 
     def is_valid(self) -> bool:
         """Whether the backbone still has the weights the cached features were computed with."""
@@ -185,9 +193,8 @@ class FeatureCache:
                 preload(missing)  # decode every split asked for in one pass
                 warming.result()
             side = pool.submit(alongside) if alongside is not None else None
-            for split in missing:
-                self._cache[split] = self._extract(split)
             if missing:
+                self._extract(missing)
                 # After the pass: a layer that counts or tracks what flows through it has settled.
                 self._fingerprint = weights_fingerprint(self.parts.backbone)
                 self.seconds += time.monotonic() - started
@@ -779,15 +786,16 @@ class StageRunner:
                 preload(splits)
             warming.result()
         batch = extraction_batch(split.prefix)
-        out: list[_Split] = []
         in_memory = getattr(self.source, "in_memory", None)
-        for name in splits:
-            pixels = in_memory(name) if callable(in_memory) else None
-            if pixels is not None:
-                out.append(extract_arrays(split.prefix, pixels[0], pixels[1], batch))
-            else:
-                dataset = self.source.images(name, batch, shuffle=False, seed=0)
-                out.append(extract_features(split.prefix, dataset))
+        held = [in_memory(name) if callable(in_memory) else None for name in splits]
+        if all(pair is not None for pair in held):
+            pairs = [pair for pair in held if pair is not None]
+            outputs = run_inference_many(split.prefix, [pixels for pixels, _ in pairs], batch)
+            labels = [np.asarray(labels).astype("int32") for _, labels in pairs]
+            out = list(zip(outputs, labels, strict=True))
+        else:
+            datasets = [self.source.images(name, batch, shuffle=False, seed=0) for name in splits]
+            out = [extract_features(split.prefix, dataset) for dataset in datasets]
         return split, (out[0], out[1] if has_validation else None)
 
     def _feature_splits(self, index: int) -> list[str]:

@@ -106,3 +106,30 @@ def test_half_precision_policy_keeps_keras_dtypes_and_values() -> None:
         tf.cast(ours, tf.float32).numpy(), tf.cast(keras_own, tf.float32).numpy(), rtol=2e-2, atol=2e-2
     )
     assert "FusedBatchNormV3" in _op_types(model)
+
+
+def test_several_arrays_go_through_in_equal_calls_and_come_back_split(monkeypatch: Any) -> None:
+    from kubegraft_trainer import inference
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    traced = inference.inference_fn(model)
+    calls: list[int] = []
+
+    def recording(_: keras.Model) -> Any:
+        def call(batch: tf.Tensor) -> tf.Tensor:
+            calls.append(int(batch.shape[0]))
+            return traced(batch)
+
+        return call
+
+    monkeypatch.setattr(inference, "inference_fn", recording)
+    rng = np.random.default_rng(4)
+    arrays = [rng.normal(size=(n, 3)).astype("float32") for n in (1680, 300, 20, 0)]
+
+    outputs = inference.run_inference_many(model, arrays, batch_size=1024)
+
+    assert calls == [1000, 1000]
+    assert [len(o) for o in outputs] == [1680, 300, 20, 0]
+    for array, output in zip(arrays, outputs, strict=True):
+        np.testing.assert_allclose(output, model(array).numpy() if len(array) else np.zeros((0, 2)), rtol=1e-5)
