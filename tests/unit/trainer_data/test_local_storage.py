@@ -50,6 +50,24 @@ def test_list_matches_key_prefixes_like_s3(tmp_path: Path) -> None:
     assert list(storage.list("missing/")) == []
 
 
+def test_list_walks_nested_folders_and_files_linked_in_but_not_linked_folders(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    storage = LocalStorage(str(root))
+    for key in ("a/b/c/deep.png", "a/b/.kubegraft-tmp-123", "a/side.png"):
+        storage.write_bytes(key, b"123")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.png").write_bytes(b"1234")
+    (root / "a" / "linked-folder").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "a" / "linked.png").symlink_to(tmp_path / "elsewhere" / "far.png")
+
+    assert list(storage.list()) == [
+        ObjectInfo("a/b/c/deep.png", 3),
+        ObjectInfo("a/linked.png", 4),
+        ObjectInfo("a/side.png", 3),
+    ]
+    assert [o.key for o in storage.list("a/b/")] == ["a/b/c/deep.png"]
+
+
 def test_write_read_exists_and_delete_prefix(tmp_path: Path) -> None:
     storage = LocalStorage(str(tmp_path / "root"))
     storage.write_bytes("models/3/saved_model.pb", b"pb")
