@@ -24,7 +24,9 @@ __all__ = [
     "extract_arrays",
     "extract_features",
     "extraction_batch",
+    "inference_call",
     "inference_fn",
+    "plain_functional",
     "run_inference",
     "run_inference_many",
     "warm_inference",
@@ -97,10 +99,12 @@ def _fused_batch_norm(layer: keras.layers.BatchNormalization) -> Callable[..., A
     return call
 
 
-def _plain_functional(model: Any) -> bool:
+def plain_functional(model: Any) -> bool:
     """Whether ``model`` is a functional Keras model whose call is Keras' own (not a subclass's)."""
-    from keras.src.models.functional import Functional
-
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # a Keras whose internals moved: callers then call models whole
+        return False
     return isinstance(model, Functional) and type(model).call is Functional.call
 
 
@@ -110,7 +114,7 @@ def _run_inference_graph(model: keras.Model, inputs: Any) -> Any:
     def operation(op: Any) -> Callable[..., Any]:
         if type(op) is keras.layers.BatchNormalization:
             return _fused_batch_norm(op)
-        if _plain_functional(op):
+        if plain_functional(op):
             nested = op
 
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -137,7 +141,7 @@ def inference_call(model: keras.Model, inputs: Any) -> Any:
     it faster on its first call, and it runs about 15% faster on a CPU. A model that is not plainly
     functional, or whose graph cannot be walked this way, is called as it is.
     """
-    if not _plain_functional(model):
+    if not plain_functional(model):
         return model(inputs, training=False)
     try:
         return _run_inference_graph(model, inputs)

@@ -44,8 +44,8 @@ import tensorflow as tf
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
+from kubegraft_trainer.head_loop import EVAL_CHUNK, HeadLoop
 from kubegraft_trainer.inference import (
-    EXTRACT_PIXELS,
     extract_arrays,
     extract_features,
     extraction_batch,
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 LINEAR_STEP = "linear"
 _LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0)
-_EVAL_CHUNK = 8192
 
 # Training (and optionally validation) arrays: cached features or prefix activations, with labels.
 _Split = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
@@ -316,137 +315,6 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
             cached_features=self.cached_features,
             frozen_prefix=self.frozen_prefix,
         )
-
-
-class HeadLoop:
-    """Trains a compiled model on in-memory arrays: one compiled `tf.function` call per epoch.
-
-    ``model.fit`` costs a few milliseconds of Python per step, which dominates a head on cached features (a
-    step is tens of microseconds of arithmetic). This loop runs a whole epoch of mini-batch steps (the
-    model's own optimizer, sparse categorical cross-entropy, dropout and BatchNormalization in training mode)
-    inside one graph, then evaluates the validation arrays in inference mode. It drives the same Keras
-    callbacks as ``fit`` at epoch granularity (``on_train_begin``, ``on_epoch_begin``, ``on_epoch_end`` with
-    ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` logs, ``on_train_end``) and honours
-    ``model.stop_training``; per-batch callbacks are not called.
-
-    Args:
-        model: A compiled single-input model (the head), its optimizer built or buildable.
-        batch_size: Images per step.
-    """
-
-    def __init__(self, model: keras.Model, batch_size: int) -> None:
-        self.model = model
-        self.batch_size = batch_size
-        optimizer = model.optimizer
-        variables = model.trainable_variables
-        if not optimizer.built:
-            optimizer.build(variables)
-        width = tuple(model.inputs[0].shape[1:])
-        spec = [
-            tf.TensorSpec((None, *width), tf.float32),
-            tf.TensorSpec((None,), tf.int32),
-            tf.TensorSpec((None,), tf.int32),
-        ]
-        batch = tf.constant(batch_size, tf.int32)
-
-        def step(
-            index: tf.Tensor, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, n: tf.Tensor
-        ) -> tuple[tf.Tensor, tf.Tensor]:
-            idx = order[index * batch : tf.minimum((index + 1) * batch, n)]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            with tf.GradientTape() as tape:
-                probs = tf.cast(model(xb, training=True), tf.float32)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(yb, probs))
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, variables)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
-            hits = tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), yb)
-            return loss * tf.cast(tf.shape(idx)[0], tf.float32), tf.reduce_sum(tf.cast(hits, tf.float32))
-
-        def epoch(x: tf.Tensor, y: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            n = tf.shape(order)[0]
-            steps = (n + batch - 1) // batch
-
-            def body(index: tf.Tensor, loss_sum: tf.Tensor, correct: tf.Tensor) -> tuple[Any, ...]:
-                loss, hits = step(index, x, y, order, n)
-                return index + 1, loss_sum + loss, correct + hits
-
-            zero = tf.constant(0.0)
-            # One step after the other: each step reads the weights the previous one wrote.
-            _, loss_sum, correct = tf.while_loop(
-                lambda index, *_: index < steps, body, (tf.constant(0), zero, zero), parallel_iterations=1
-            )
-            total = tf.maximum(tf.cast(n, tf.float32), 1.0)
-            return loss_sum / total, correct / total
-
-        self._epoch = tf.function(epoch, input_signature=spec, autograph=False)
-
-    def trace(self) -> None:
-        """Build the epoch's and the evaluation's graphs now (else the first epoch does); thread-safe.
-
-        Both are also run once, so TensorFlow optimises their graphs here: the epoch on no examples (its loop
-        runs no step, nothing changes), the evaluation on one blank input.
-        """
-        try:
-            self._epoch.get_concrete_function()
-            width = tuple(self.model.inputs[0].shape[1:])
-            nothing = tf.zeros((0,), tf.int32)
-            self._epoch(tf.zeros((0, *width), tf.float32), nothing, nothing)
-            warm_inference(self.model)
-        except Exception:  # the first epoch traces again and raises whatever is wrong
-            log.debug("tracing the head loop ahead failed", exc_info=True)
-
-    def evaluate(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model on ``(x, y)`` in inference mode."""
-        fn = inference_fn(self.model)
-        # Feature vectors go in big chunks; activation maps (a suffix of the backbone) in smaller ones.
-        chunk = max(1, min(_EVAL_CHUNK, EXTRACT_PIXELS // max(1, int(np.prod(x.shape[1:])) // 16)))
-        probs = np.concatenate(
-            [np.asarray(fn(x[i : i + chunk]), dtype="float64") for i in range(0, len(x), chunk)]
-        )
-        picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-        return float(-np.mean(np.log(picked))), float(np.mean(probs.argmax(axis=1) == y))
-
-    def fit(
-        self,
-        train: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
-        *,
-        epochs: int,
-        initial_epoch: int = 0,
-        validation: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None,
-        callbacks: Sequence[keras.callbacks.Callback] = (),
-        seed: int = 0,
-    ) -> None:
-        """Train from ``initial_epoch`` to ``epochs``, reshuffling every epoch (order drawn from seed, epoch).
-
-        Args:
-            train: Training features and labels.
-            epochs: Index of the last epoch + 1 (as in ``model.fit``).
-            initial_epoch: Epochs already done (after a resume).
-            validation: Validation features and labels, or None.
-            callbacks: Keras callbacks.
-            seed: Seed of the shuffle orders.
-        """
-        x = tf.convert_to_tensor(train[0], tf.float32)
-        y = tf.convert_to_tensor(train[1], tf.int32)
-        n = len(train[0])
-        callback_list = keras.callbacks.CallbackList(
-            list(callbacks), add_history=False, add_progbar=False, model=self.model, epochs=epochs
-        )
-        self.model.stop_training = False
-        callback_list.on_train_begin()
-        logs: dict[str, float] = {}
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            order = np.random.default_rng([seed, epoch]).permutation(n).astype("int32")
-            loss, accuracy = self._epoch(x, y, tf.convert_to_tensor(order))
-            logs = {"loss": float(loss), "accuracy": float(accuracy)}
-            if validation is not None and len(validation[0]):
-                logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation)
-            callback_list.on_epoch_end(epoch, logs)
-            if self.model.stop_training:
-                break
-        callback_list.on_train_end(logs)
 
 
 def monitor_for(spec: EarlyStopping, has_validation: bool) -> str:
@@ -951,7 +819,7 @@ def predict_split(
     cache = _CACHES.get(id(model))
     if cache is not None and cache.parts.model is model and cache.source is source and cache.cached(split):
         features, labels = cache.get(split, verify=False)
-        probabilities, _ = extract_arrays(cache.parts.head, features, labels, _EVAL_CHUNK)
+        probabilities, _ = extract_arrays(cache.parts.head, features, labels, EVAL_CHUNK)
         return probabilities, labels
     arrays = getattr(source, "in_memory", None)
     in_memory = arrays(split) if callable(arrays) else None
