@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import numpy.typing as npt
 
-from kubegraft_trainer.inference import run_inference
+from kubegraft_trainer.inference import extraction_batch, run_inference
 
 __all__ = [
     "COLLAPSE_THRESHOLD",
@@ -277,7 +277,8 @@ def check_backbone_health(
         images: Training images preprocessed the way the backbone expects (at least two).
         repair: Re-estimate BN statistics when collapsed; False only measures.
         threshold: Spread below which the features count as collapsed.
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass of the re-estimation (its batch statistics depend on it); the
+            spread is measured in the extraction's batches (`inference.extraction_batch`).
         spread_sample: The spread is measured on the first this-many images.
 
     Returns:
@@ -288,14 +289,16 @@ def check_backbone_health(
     """
     array = np.asarray(images, dtype="float32")
     sample = array[: max(2, spread_sample)]
-    before = feature_spread(backbone, sample, batch_size=batch_size)
+    # Inference mode: the batch size does not change the features, so the spread takes the extraction's.
+    spread_batch = extraction_batch(backbone)
+    before = feature_spread(backbone, sample, batch_size=spread_batch)
     collapsed = before < threshold
     layers = 0
     after = before
     if collapsed and repair:
         layers = reestimate_batchnorm_statistics(backbone, array, batch_size=batch_size)
         if layers:
-            after = feature_spread(backbone, sample, batch_size=batch_size)
+            after = feature_spread(backbone, sample, batch_size=spread_batch)
     return BackboneHealthReport(
         spread_before=before,
         spread_after=after,

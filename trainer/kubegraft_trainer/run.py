@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from kubegraft_trainer.export import (
     write_tflite,
 )
 from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
+from kubegraft_trainer.inference import inference_fn, warm_inference
 from kubegraft_trainer.model import TransferModel, build_transfer_model, configure_devices, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
@@ -442,9 +444,17 @@ def _pixels(
 def _check_health(
     parts: TransferModel, source: ImageSource, tracker: ProgressTracker, when: str
 ) -> dict[str, Any]:
-    """Measure the backbone's inference-mode feature spread on training images; repair a collapsed one."""
+    """Measure the backbone's inference-mode feature spread on training images; repair a collapsed one.
+
+    The first check of a run decodes the splits (all that fit in memory, in one pass: the stages and the
+    evaluation reuse them) while TensorFlow optimises the extractor's graph, as the stages' feature pass does.
+    """
     phase = time.monotonic()
-    images, _ = _pixels(source, "train", HEALTH_IMAGES)
+    inference_fn(parts.features).get_concrete_function()  # alone: tracing is Python (see stages.FeatureCache)
+    with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
+        warming = pool.submit(warm_inference, parts.features)
+        images = _training_images(source, HEALTH_IMAGES)
+        warming.result()
     if len(images) < 2:
         return {"checked": False, "reason": "fewer than two training images"}
     # parts.features is preprocessing + backbone in inference mode: raw pixels in, as the stages see them.
@@ -462,6 +472,18 @@ def _check_health(
         tracker.add_notice(NoticeReason.BATCH_NORM_REESTIMATED, message)
         log.warning(message)
     return record
+
+
+def _training_images(source: ImageSource, limit: int) -> np.ndarray[Any, Any]:
+    """The first ``limit`` raw training images, from the decoded splits where the source keeps them."""
+    preload = getattr(source, "preload", None)
+    if callable(preload):
+        preload()
+    in_memory = getattr(source, "in_memory", None)
+    held = in_memory("train") if callable(in_memory) else None
+    if held is not None:
+        return np.asarray(held[0][:limit])
+    return _pixels(source, "train", limit)[0]
 
 
 def _trained_batchnorm(parts: TransferModel, runner: StageRunner) -> bool:

@@ -10,6 +10,7 @@ import keras
 import pytest
 
 from kubegraft.spec import TransferJobSpec
+from kubegraft_trainer.inference import WARM_UP_IMAGES
 from tests.harness.fashion import write_class_folders
 
 TRANSFER_CLASSES = (0, 1, 2, 3, 4)
@@ -38,11 +39,12 @@ def counted_images(model: keras.Model) -> int:
 
 
 def health_check_images(metrics: dict[str, Any]) -> int:
-    """Images the backbone health check before training ran (its sample; twice when it re-estimated BN)."""
+    """Images the backbone health check before training ran: the blank image that warms the extractor (which
+    the feature pass then reuses warm), and its sample (twice when it re-estimated BN)."""
     health = metrics["health"]["before_training"]
     if not health["checked"]:
-        return 0
-    return int(health["sample"]) * (2 if health.get("repaired") else 1)
+        return WARM_UP_IMAGES
+    return WARM_UP_IMAGES + int(health["sample"]) * (2 if health.get("repaired") else 1)
 
 
 @pytest.fixture(scope="session")

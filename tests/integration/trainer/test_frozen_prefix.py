@@ -125,7 +125,9 @@ def test_finetune_runs_the_frozen_bottom_once_per_image_unless_augmented(
     else:
         # top 4 of the tiny backbone: pool, relu_1, bn_1, conv_1; the cut is relu_0's output
         assert tune.frozen_prefix == "relu_0"
-        passes = 2 * (WARM_UP_IMAGES + seen)  # the head's features, then the prefix: once each
+        # The head's features (on the extractor the health check warmed), then the prefix (warmed on a
+        # blank image of its own): once each.
+        passes = 2 * seen + WARM_UP_IMAGES
     assert counted_images(result.parts.model) == passes + counts["test"] + health_n
     assert tune.epochs_run == epochs and len(tune.history["val_accuracy"]) == epochs
     metrics = json.loads((Path(result.model_uri) / "metrics.json").read_text())
