@@ -24,7 +24,7 @@ __all__ = ["EVAL_CHUNK", "HeadLoop", "input_dropout"]
 log = logging.getLogger(__name__)
 
 EVAL_CHUNK = 8192  # feature vectors per evaluation call
-_BLOCK_BYTES = 8 * 1024**2  # rows gathered (and dropped out) at once: their copies are held only for the block
+_BLOCK_BYTES = 8 * 1024**2  # rows gathered (and dropped out) at once; their copies live for one block
 
 
 def input_dropout(model: keras.Model) -> keras.layers.Dropout | None:
