@@ -488,7 +488,7 @@ off), then the same fine-tune.
 - Inside a whole `train()` run (head, then {_TUNE_EPOCHS} fine-tune epochs) the head stage took
   {ours["run_head_seconds"]:.2f} s ({base["head_seconds"] / ours["run_head_seconds"]:.1f}x the tutorial's
   head stage): the backbone health check before the stages ({ours["run_health_seconds"]:.2f} s) has by
-  then decoded the training split and traced the extractor the stage reuses. Health check and head stage
+  then decoded every split and traced and warmed the extractor the stage reuses. Health check and head stage
   together: {ours["run_health_seconds"] + ours["run_head_seconds"]:.2f} s
   ({base["head_seconds"] / (ours["run_health_seconds"] + ours["run_head_seconds"]):.1f}x). That run's
   held-out accuracy after fine-tuning: {ours["final_accuracy"]:.3f}.
