@@ -236,7 +236,7 @@ def _kubegraft_head(
     }
 
 
-def _kubegraft_run(train_dir: Path, test_dir: Path, backbone_path: Path, output: Path) -> dict[str, float]:
+def _kubegraft_run(train_dir: Path, test_dir: Path, backbone_path: Path, output: Path) -> dict[str, Any]:
     """A whole `train()` run (head, then fine-tune): the fine-tune rate and the final held-out accuracy."""
     import io
 
