@@ -146,5 +146,6 @@ def test_deleting_the_transferjob_removes_its_job_and_pods_but_keeps_the_model(
     e2e.cluster.wait_for(
         lambda: not e2e.jobs(NAME) and not e2e.pods(NAME), timeout=30, message="Job and pods collected"
     )
-    assert finished.recorder.deleted
+    # The GET above can see the object gone a moment before the watch stream delivers its DELETED event.
+    assert finished.recorder.wait_deleted(timeout=10), "the watch never saw the DELETED event"
     assert "saved_model.pb" in published_files(e2e.s3.client(), model_uri)

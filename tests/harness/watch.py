@@ -121,7 +121,8 @@ class StatusRecorder:
                             return
                         if raw.strip():
                             self._record(json.loads(raw))
-            except (OSError, ValueError):
+            except Exception:  # any broken stream (IncompleteRead is no OSError): watch again
+                # from the last resourceVersion seen; the API server replays what happened in between.
                 if self._stop.is_set():
                     return
             self._stop.wait(0.2)
@@ -141,6 +142,17 @@ class StatusRecorder:
                 )
             )
             self._changed.notify_all()
+
+    def wait_deleted(self, timeout: float) -> bool:
+        """Block until the watch has seen the object's DELETED event (or `timeout` passed); whether it has."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.deleted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, 1.0))
+            return self.deleted
 
     def latest(self) -> JsonObj:
         """The last status seen ({} before the first event)."""
