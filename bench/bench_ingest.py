@@ -204,16 +204,8 @@ def _scenario(server: SeaweedFS, tmp: Path, scenario: Scenario) -> list[str]:
         f"{len(CLASS_NAMES)} class folders, resized to {scenario.image_size}x{scenario.image_size}, "
         f"batch {BATCH_SIZE}, shuffled.",
         "",
-        "| source | threads | images/s, median | passes | vs local | client CPU ms/img | server CPU ms/img |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        *_table(setups, passes, local_rate),
     ]
-    for (label, _, threads, _), runs in zip(setups, passes, strict=True):
-        rate = statistics.median(p.rate for p in runs)
-        lines.append(
-            f"| {label} | {threads} | {rate:.0f} | {', '.join(f'{p.rate:.0f}' for p in runs)} | "
-            f"{100 * rate / local_rate:.0f}% | {statistics.median(p.client_ms for p in runs):.2f} | "
-            f"{statistics.median(p.server_ms for p in runs):.2f} |"
-        )
     best = max(range(1, len(setups)), key=lambda i: statistics.median(p.rate for p in passes[i]))
     best_rate = statistics.median(p.rate for p in passes[best])
     best_client = statistics.median(p.client_ms for p in passes[best])
@@ -248,6 +240,24 @@ def _scenario(server: SeaweedFS, tmp: Path, scenario: Scenario) -> list[str]:
     return lines
 
 
+def _table(
+    setups: list[tuple[str, Storage, int, int | None]], passes: list[list[Pass]], local_rate: float
+) -> list[str]:
+    """Markdown table rows: each setup's median rate, its passes, the share of the local rate, CPU costs."""
+    rows = [
+        "| source | threads | images/s, median | passes | vs local | client CPU ms/img | server CPU ms/img |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for (label, _, threads, _), runs in zip(setups, passes, strict=True):
+        rate = statistics.median(p.rate for p in runs)
+        rows.append(
+            f"| {label} | {threads} | {rate:.0f} | {', '.join(f'{p.rate:.0f}' for p in runs)} | "
+            f"{100 * rate / local_rate:.0f}% | {statistics.median(p.client_ms for p in runs):.2f} | "
+            f"{statistics.median(p.server_ms for p in runs):.2f} |"
+        )
+    return rows
+
+
 def _pinned_lines(
     setups: list[tuple[str, Storage, int, int | None]], passes: list[list[Pass]], placement: str
 ) -> list[str]:
@@ -257,16 +267,8 @@ def _pinned_lines(
         f"One core each ({placement}; the same passes, interleaved, median of {ROUNDS}): the trainer has the "
         "same CPU budget for both sources, and the server's work no longer counts against S3.",
         "",
-        "| source | threads | images/s, median | passes | vs local | client CPU ms/img | server CPU ms/img |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        *_table(setups, passes, local_rate),
     ]
-    for (label, _, threads, _), runs in zip(setups, passes, strict=True):
-        rate = statistics.median(p.rate for p in runs)
-        lines.append(
-            f"| {label} | {threads} | {rate:.0f} | {', '.join(f'{p.rate:.0f}' for p in runs)} | "
-            f"{100 * rate / local_rate:.0f}% | {statistics.median(p.client_ms for p in runs):.2f} | "
-            f"{statistics.median(p.server_ms for p in runs):.2f} |"
-        )
     best_rate = max(statistics.median(p.rate for p in runs) for runs in passes[1:])
     lines += [
         "",
