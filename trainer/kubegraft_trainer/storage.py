@@ -722,8 +722,13 @@ class LocalStorage:
                             folders.append((entry.path, base + entry.name))
                         continue
                     key = base + entry.name
-                    if key.startswith(clean) and not entry.name.startswith(".kubegraft-tmp-"):
-                        found.append(ObjectInfo(key=key, size=entry.stat().st_size))
+                    if not key.startswith(clean) or entry.name.startswith(".kubegraft-tmp-"):
+                        continue
+                    try:
+                        size = entry.stat().st_size
+                    except FileNotFoundError:  # a symbolic link to nothing holds no object
+                        continue
+                    found.append(ObjectInfo(key=key, size=size))
         yield from sorted(found, key=lambda info: info.key)
 
     def read_many(self, keys: Sequence[str]) -> builtins.list[bytes | TrainerError]:

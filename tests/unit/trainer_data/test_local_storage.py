@@ -50,7 +50,9 @@ def test_list_matches_key_prefixes_like_s3(tmp_path: Path) -> None:
     assert list(storage.list("missing/")) == []
 
 
-def test_list_walks_nested_folders_and_files_linked_in_but_not_linked_folders(tmp_path: Path) -> None:
+def test_list_walks_nested_folders_and_linked_files_not_linked_folders_or_dangling_links(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "data"
     storage = LocalStorage(str(root))
     for key in ("a/b/c/deep.png", "a/b/.kubegraft-tmp-123", "a/side.png"):
@@ -59,6 +61,7 @@ def test_list_walks_nested_folders_and_files_linked_in_but_not_linked_folders(tm
     (tmp_path / "elsewhere" / "far.png").write_bytes(b"1234")
     (root / "a" / "linked-folder").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (root / "a" / "linked.png").symlink_to(tmp_path / "elsewhere" / "far.png")
+    (root / "a" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
 
     assert list(storage.list()) == [
         ObjectInfo("a/b/c/deep.png", 3),
