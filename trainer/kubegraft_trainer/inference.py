@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -30,7 +31,10 @@ __all__ = [
     "run_inference",
     "run_inference_many",
     "warm_inference",
+    "warm_while",
 ]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +185,21 @@ def warm_inference(model: keras.Model) -> None:
     else:
         fn.get_concrete_function()
     _WARMED.add(model)
+
+
+def warm_while(model: keras.Model, work: Callable[[], _T]) -> _T:
+    """Run ``work`` (e.g. decoding the images) while ``model``'s inference graph warms up; its result.
+
+    The trace runs first and alone: it is Python, like most of decoding, and run together they held each
+    other up at the GIL (1.3 s instead of 0.85 s for 2,000 small PNGs on two cores). The first call
+    (`warm_inference`: graph optimisation in TensorFlow's own threads) then overlaps ``work``.
+    """
+    inference_fn(model).get_concrete_function()
+    with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-warm") as pool:
+        warming = pool.submit(warm_inference, model)
+        result = work()
+        warming.result()
+    return result
 
 
 def _empty_outputs(model: keras.Model) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from kubegraft_trainer.export import (
     write_tflite,
 )
 from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
-from kubegraft_trainer.inference import inference_fn, warm_inference
+from kubegraft_trainer.inference import warm_while
 from kubegraft_trainer.model import TransferModel, build_transfer_model, configure_devices, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
@@ -450,11 +449,7 @@ def _check_health(
     evaluation reuse them) while TensorFlow optimises the extractor's graph, as the stages' feature pass does.
     """
     phase = time.monotonic()
-    inference_fn(parts.features).get_concrete_function()  # alone: tracing is Python (see stages.FeatureCache)
-    with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
-        warming = pool.submit(warm_inference, parts.features)
-        images = _training_images(source, HEALTH_IMAGES)
-        warming.result()
+    images = warm_while(parts.features, lambda: _training_images(source, HEALTH_IMAGES))
     if len(images) < 2:
         return {"checked": False, "reason": "fewer than two training images"}
     # parts.features is preprocessing + backbone in inference mode: raw pixels in, as the stages see them.

@@ -49,9 +49,8 @@ from kubegraft_trainer.inference import (
     extract_arrays,
     extract_features,
     extraction_batch,
-    inference_fn,
     run_inference_many,
-    warm_inference,
+    warm_while,
 )
 from kubegraft_trainer.model import (
     FrozenPrefix,
@@ -184,13 +183,10 @@ class FeatureCache:
             self.invalidate()
         missing = [s for s in dict.fromkeys(splits) if s not in self._cache]
         started = time.monotonic()
+        preload = getattr(self.source, "preload", None)
+        if missing and callable(preload):
+            warm_while(self.parts.features, lambda: preload(missing))  # every split asked for, in one pass
         with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
-            preload = getattr(self.source, "preload", None)
-            if missing and callable(preload):
-                inference_fn(self.parts.features).get_concrete_function()
-                warming = pool.submit(warm_inference, self.parts.features)
-                preload(missing)  # decode every split asked for in one pass
-                warming.result()
             side = pool.submit(alongside) if alongside is not None else None
             if missing:
                 self._extract(missing)
@@ -646,13 +642,8 @@ class StageRunner:
         if per_image * sum(self.source.count(s) for s in splits) > budget:
             log.info("stage %s: prefix activations over the memory budget; training on pixels", stage.name)
             return None
-        inference_fn(split.prefix).get_concrete_function()  # alone: tracing is Python (see get_many)
-        with ThreadPoolExecutor(1, thread_name_prefix="kubegraft-trace") as pool:
-            warming = pool.submit(warm_inference, split.prefix)
-            preload = getattr(self.source, "preload", None)
-            if callable(preload):
-                preload(splits)
-            warming.result()
+        preload = getattr(self.source, "preload", None)
+        warm_while(split.prefix, lambda: preload(splits) if callable(preload) else None)
         batch = extraction_batch(split.prefix)
         in_memory = getattr(self.source, "in_memory", None)
         held = [in_memory(name) if callable(in_memory) else None for name in splits]
