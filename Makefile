@@ -43,7 +43,7 @@ lint: setup
 	$(BIN)/mypy
 
 demo: setup
-	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tests.harness.demo
+	@PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tests.harness.demo
 
 bench: setup
 	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench

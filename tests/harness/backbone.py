@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,15 +176,33 @@ def build_backbone(target: Path, seed: int = 1234) -> dict[str, Any]:
     return record
 
 
+def cached_backbone() -> Path | None:
+    """The cached backbone if a complete one is there: a readable `.keras` archive and its record.
+
+    Decided from the files themselves, not from their mere presence: a truncated archive or a missing record
+    (a build killed half-way, a cache copied from elsewhere) counts as absent and is built again.
+    """
+    target = cache_dir() / "backbone.keras"
+    record = target.with_suffix(".json")
+    try:
+        with zipfile.ZipFile(target) as archive:
+            complete = archive.testzip() is None and "config.json" in archive.namelist()
+        recipe = json.loads(record.read_text()).get("recipe")
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return target if complete and recipe == RECIPE_VERSION else None
+
+
 def ensure_backbone() -> Path:
     """The cached backbone's path, building it first if no session has yet (one builder at a time)."""
+    found = cached_backbone()
+    if found is not None:
+        return found
     target = cache_dir() / "backbone.keras"
-    if target.exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.exists():
+        if cached_backbone() is None:
             build_backbone(target)
     return target
 

@@ -288,13 +288,34 @@ def prepare_data(console: Console, root: Path) -> tuple[Path, list[Holdout]]:
 
 
 def prepare_backbone(console: Console) -> Path:
-    """The cached backbone pretrained on Fashion-MNIST 5-9 (built first when no session has yet)."""
-    from tests.harness.backbone import SOURCE_CLASSES, cache_dir, ensure_backbone
+    """The cached backbone pretrained on Fashion-MNIST 5-9 (built first when no session has yet).
 
-    cached = (cache_dir() / "backbone.keras").exists()
-    if not cached:
-        console.say("pretraining the backbone on Fashion-MNIST classes 5-9 (once; about 2 minutes) ...")
-    path = ensure_backbone()
+    The build runs in its own process with its output (TensorFlow's start-up lines, Keras progress) in
+    `.demo/logs/backbone.log`, so the demo's screen shows only what a person needs.
+    """
+    from tests.harness.backbone import SOURCE_CLASSES, cached_backbone
+
+    path = cached_backbone()
+    cached = path is not None
+    if path is None:
+        console.say("pretraining the backbone on Fashion-MNIST classes 5-9 (once; about a minute) ...")
+        log = DEMO_DIR / "logs" / "backbone.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            built = subprocess.run(
+                [sys.executable, "-m", "tests.harness.backbone"],
+                cwd=REPO_ROOT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        path = cached_backbone()
+        if built.returncode != 0 or path is None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise DemoError(
+                f"building the backbone failed (exit {built.returncode}); {_relative(log)}:\n{tail}"
+            )
     record = json.loads(path.with_suffix(".json").read_text())
     sources = ", ".join(CLASS_NAMES[c] for c in SOURCE_CLASSES)
     console.say(

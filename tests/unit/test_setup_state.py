@@ -109,3 +109,31 @@ def test_venv_check_script_exits_zero_here() -> None:
         [sys.executable, str(REPO / "scripts" / "venv_ready.py")], check=False, capture_output=True
     )
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_backbone_cache_counts_only_a_complete_archive_with_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import zipfile
+
+    from tests.harness import backbone
+
+    monkeypatch.setenv("KUBEGRAFT_TEST_CACHE", str(tmp_path))
+    target = backbone.cache_dir() / "backbone.keras"
+    target.parent.mkdir(parents=True)
+    assert backbone.cached_backbone() is None  # nothing there
+
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", b"\0" * 4096)
+    assert backbone.cached_backbone() is None  # no record: a build that stopped half-way
+
+    target.with_suffix(".json").write_text(json.dumps({"recipe": backbone.RECIPE_VERSION}))
+    assert backbone.cached_backbone() == target
+
+    target.write_bytes(target.read_bytes()[:100])  # truncated copy
+    assert backbone.cached_backbone() is None
+
+    target.with_suffix(".json").write_text(json.dumps({"recipe": "an-older-recipe"}))
+    assert backbone.cached_backbone() is None
