@@ -26,7 +26,10 @@ KIND = "TransferJob"
 PLURAL = "transferjobs"
 SINGULAR = "transferjob"
 SHORT_NAMES = ("tj",)
-CATEGORIES = ("all", "kubegraft", "ml")
+# Not "all": `kubectl get all` lists every resource of that category and fails (Forbidden, exit 1) for anyone
+# without list on one of them; `all` is for built-in workloads (sig-cli kubectl conventions). `kubectl get
+# kubegraft` (or `ml`) lists TransferJobs instead.
+CATEGORIES = ("kubegraft", "ml")
 
 # A TransferJob's name is the stem of its Jobs ("<name>-<run>"), ConfigMaps and label values (<= 63 chars).
 MAX_NAME_LENGTH = 52

@@ -151,3 +151,28 @@ RBAC rules for cluster-scoped resources: kopf scans CRDs at startup to find the 
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+RBAC rules of the TransferJob editor (aggregated into `edit` and `admin`): the resource, and its status to read.
+The status is the operator's to write: users get no verbs on transferjobs/status beyond get.
+*/}}
+{{- define "kubegraft.editorRules" -}}
+- apiGroups: ["kubegraft.io"]
+  resources: ["transferjobs"]
+  verbs: ["create", "update", "patch", "delete", "get", "list", "watch"]
+- apiGroups: ["kubegraft.io"]
+  resources: ["transferjobs/status"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+RBAC rules of the TransferJob viewer (aggregated into `view`, hence also into `edit` and `admin`).
+*/}}
+{{- define "kubegraft.viewerRules" -}}
+- apiGroups: ["kubegraft.io"]
+  resources: ["transferjobs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kubegraft.io"]
+  resources: ["transferjobs/status"]
+  verbs: ["get"]
+{{- end }}

@@ -26,6 +26,18 @@ CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
 CLUSTER_PEERING_RULES: dict[tuple[str, str], set[str]] = {
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
 }
+# The roles of TransferJob users, aggregated into the built-in user-facing roles (status: the operator's).
+EDITOR_RULES: dict[tuple[str, str], set[str]] = {
+    ("kubegraft.io", "transferjobs"): {"create", "update", "patch", "delete", "get", "list", "watch"},
+    ("kubegraft.io", "transferjobs/status"): {"get"},
+}
+VIEWER_RULES: dict[tuple[str, str], set[str]] = {
+    ("kubegraft.io", "transferjobs"): {"get", "list", "watch"},
+    ("kubegraft.io", "transferjobs/status"): {"get"},
+}
+# Kubernetes' built-in aggregation (the `admin`, `edit` and `view` ClusterRoles' aggregationRules, and the
+# labels `edit` and `view` carry themselves): the roles whose rules each built-in role collects.
+_AGGREGATES_INTO = {"view": ("view", "edit", "admin"), "edit": ("edit", "admin"), "admin": ("admin",)}
 
 
 def granted(rules: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -37,6 +49,35 @@ def granted(rules: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], set[str
             for resource in rule["resources"]:
                 result.setdefault((group, resource), set()).update(rule["verbs"])
     return result
+
+
+def aggregated_rules(documents: Iterable[Mapping[str, Any]], builtin: str) -> dict[tuple[str, str], set[str]]:
+    """What the built-in ClusterRole `builtin` (admin, edit, view) gains from the ClusterRoles in `documents`.
+
+    Follows Kubernetes' own wiring: `admin` aggregates `aggregate-to-admin`, `edit` aggregates
+    `aggregate-to-edit` and `view` aggregates `aggregate-to-view`; `view` is itself labelled aggregate-to-edit
+    and `edit` aggregate-to-admin, so what reaches `view` reaches `edit` and `admin` too.
+    """
+    rules: list[Mapping[str, Any]] = []
+    for document in documents:
+        if document["kind"] != "ClusterRole":
+            continue
+        labels = document["metadata"].get("labels", {})
+        sources = [k for k, targets in _AGGREGATES_INTO.items() if builtin in targets]
+        if any(labels.get(f"rbac.authorization.k8s.io/aggregate-to-{s}") == "true" for s in sources):
+            rules.extend(document["rules"])
+    return granted(rules)
+
+
+def operator_cluster_role(documents: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's ClusterRole (component label `operator`), not the TransferJob user roles."""
+    roles = [
+        d
+        for d in by_kind(documents, "ClusterRole")
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+    ]
+    assert len(roles) == 1, f"expected one operator ClusterRole, found {len(roles)}"
+    return roles[0]
 
 
 def restricted_pod_problems(pod_spec: Mapping[str, Any]) -> list[str]:

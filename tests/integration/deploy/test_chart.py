@@ -18,11 +18,15 @@ import yaml
 from tests.integration.deploy.checks import (
     CLUSTER_PEERING_RULES,
     CLUSTER_RULES,
+    EDITOR_RULES,
     NAMESPACED_RULES,
+    VIEWER_RULES,
+    aggregated_rules,
     by_kind,
     env_of,
     granted,
     one,
+    operator_cluster_role,
     operator_command,
     restricted_pod_problems,
     selector_matches,
@@ -132,7 +136,7 @@ def test_watching_all_namespaces_uses_one_cluster_role_with_exactly_the_needed_r
     documents = helm_template("4")
     assert by_kind(documents, "Role") == []
     assert (
-        granted(one(documents, "ClusterRole")["rules"])
+        granted(operator_cluster_role(documents)["rules"])
         == NAMESPACED_RULES | CLUSTER_RULES | CLUSTER_PEERING_RULES
     )
     args = _operator_container(documents)["args"]
@@ -155,7 +159,7 @@ def test_watching_a_list_of_namespaces_uses_a_role_in_each_and_passes_them_to_th
             {"kind": "ServiceAccount", "name": account["name"], "namespace": RELEASE_NAMESPACE}
         ]
     # Cluster-wide, the operator may only read CRDs.
-    assert granted(one(documents, "ClusterRole")["rules"]) == CLUSTER_RULES
+    assert granted(operator_cluster_role(documents)["rules"]) == CLUSTER_RULES
     args = _operator_container(documents)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args
@@ -169,6 +173,27 @@ def test_no_role_grants_secrets_or_wildcards(helm_template: Renderer, flags: tup
     for role in by_kind(documents, "ClusterRole") + by_kind(documents, "Role"):
         rules = granted(role["rules"])
         assert not [k for k in rules if k[1] == "secrets" or "*" in k or "*" in rules[k]], role["metadata"]
+
+
+@pytest.mark.parametrize("flags", [(), WATCHED], ids=["all-namespaces", "namespace-list"])
+def test_namespace_editors_and_viewers_get_transferjobs_through_the_builtin_roles(
+    helm_template: Renderer, flags: tuple[str, ...]
+) -> None:
+    documents = helm_template("4", *flags)
+    roles = {r["metadata"]["name"]: r for r in by_kind(documents, "ClusterRole")}
+    assert granted(roles["kubegraft-transferjob-editor"]["rules"]) == EDITOR_RULES
+    assert granted(roles["kubegraft-transferjob-viewer"]["rules"]) == VIEWER_RULES
+    # Users never write the status (the operator's) and never get Secrets or wildcards from these roles.
+    assert aggregated_rules(documents, "view") == VIEWER_RULES
+    assert aggregated_rules(documents, "edit") == EDITOR_RULES
+    assert aggregated_rules(documents, "admin") == EDITOR_RULES
+
+
+def test_user_roles_can_be_left_out_and_are_named_after_the_release(helm_template: Renderer) -> None:
+    assert aggregated_rules(helm_template("4", "--set", "rbac.userRoles.create=false"), "admin") == {}
+    renamed = helm_template("4", "--set", "fullnameOverride=ml")
+    names = {r["metadata"]["name"] for r in by_kind(renamed, "ClusterRole")}
+    assert {"ml-transferjob-editor", "ml-transferjob-viewer"} <= names
 
 
 def test_peering_off_runs_no_peering_argument(helm_template: Renderer) -> None:

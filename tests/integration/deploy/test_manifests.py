@@ -18,11 +18,15 @@ from kubegraft.validation import is_transferjob
 from tests.integration.deploy.checks import (
     CLUSTER_PEERING_RULES,
     CLUSTER_RULES,
+    EDITOR_RULES,
     NAMESPACED_RULES,
+    VIEWER_RULES,
+    aggregated_rules,
     by_kind,
     env_of,
     granted,
     one,
+    operator_cluster_role,
     operator_command,
     restricted_pod_problems,
     selector_matches,
@@ -55,6 +59,8 @@ def test_kustomize_renders_the_operator_install(kustomized: list[dict[str, Any]]
     assert kinds == sorted(
         [
             "ClusterKopfPeering",
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
@@ -157,9 +163,20 @@ def test_two_operator_replicas_share_a_peering(kustomized: list[dict[str, Any]])
 
 
 def test_operator_rbac_is_exactly_least_privilege(kustomized: list[dict[str, Any]]) -> None:
-    rules = granted(one(kustomized, "ClusterRole")["rules"])
+    rules = granted(operator_cluster_role(kustomized)["rules"])
     assert rules == NAMESPACED_RULES | CLUSTER_RULES | CLUSTER_PEERING_RULES
     assert not [k for k in rules if k[1] == "secrets" or "*" in k or "*" in rules[k]]
+
+
+def test_namespace_editors_and_viewers_get_transferjobs_through_the_builtin_roles(
+    kustomized: list[dict[str, Any]],
+) -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(kustomized, "ClusterRole")}
+    assert granted(roles["kubegraft-transferjob-editor"]["rules"]) == EDITOR_RULES
+    assert granted(roles["kubegraft-transferjob-viewer"]["rules"]) == VIEWER_RULES
+    assert aggregated_rules(kustomized, "view") == VIEWER_RULES
+    assert aggregated_rules(kustomized, "edit") == EDITOR_RULES
+    assert aggregated_rules(kustomized, "admin") == EDITOR_RULES
 
 
 def test_role_binding_grants_the_role_to_the_operator_service_account(
@@ -168,7 +185,7 @@ def test_role_binding_grants_the_role_to_the_operator_service_account(
     binding = one(kustomized, "ClusterRoleBinding")
     account = one(kustomized, "ServiceAccount")
     deployment = one(kustomized, "Deployment")
-    assert binding["roleRef"]["name"] == one(kustomized, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == operator_cluster_role(kustomized)["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubegraft-system"}
     ]

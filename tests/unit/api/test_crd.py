@@ -65,7 +65,7 @@ def test_crd_names_the_transferjob_resource() -> None:
     assert spec["names"]["kind"] == "TransferJob"
     assert spec["names"]["plural"] == "transferjobs"
     assert spec["names"]["shortNames"] == ["tj"]
-    assert spec["names"]["categories"] == ["all", "kubegraft", "ml"]
+    assert spec["names"]["categories"] == ["kubegraft", "ml"]
     [version] = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
