@@ -11,6 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
+from kubegraft.logs import LogFormat
+from kubegraft.runtime import ENV_LOG_FORMAT
+
+# kopf's --log-format for each of ours: `full` is kopf's default text line (time, logger, level, message).
+_KOPF_LOG_FORMATS = {LogFormat.text: "full", LogFormat.json: "json"}
+_LOG_FORMAT_HELP = "Log lines as text or one JSON object per line (message, timestamp, severity, ...)."
+
 app = typer.Typer(
     name="kubegraft",
     help="Transfer learning on Kubernetes: TransferJob tooling, local training and the operator.",
@@ -117,11 +124,16 @@ def validate(
         raise typer.Exit(code=1)
 
 
-def _train_process(spec_path: str, progress_port: int | None, verbose: int) -> None:
+def _train_process(spec_path: str, progress_port: int | None, verbose: int, log_format: LogFormat) -> None:
     """Shared body of `run` and `train`: the trainer's `main` in this process, its exit code ours."""
-    import logging
+    import os
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubegraft import logs
+
+    if log_format is LogFormat.json:
+        # TensorFlow's C++ INFO lines are noise in a log collector (those it prints anyway become records).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logs.configure(log_format, capture_native=log_format is LogFormat.json)
     from kubegraft_trainer.run import main
 
     raise typer.Exit(code=main(spec_path, progress_port=progress_port, verbose=verbose))
@@ -139,11 +151,15 @@ def run(
             help="Port of /progress and /metrics; 0: any free port. Default $KUBEGRAFT_PROGRESS_PORT or 9090."
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar=ENV_LOG_FORMAT, case_sensitive=False, help=_LOG_FORMAT_HELP)
+    ] = LogFormat.text,
 ) -> None:
     """Train a manifest's stages here (dataset and output local or s3://) and publish the model version."""
     import sys
 
-    _train_process(file, progress_port, verbose=1 if sys.stdout.isatty() else 0)
+    interactive = sys.stdout.isatty() and log_format is LogFormat.text
+    _train_process(file, progress_port, verbose=1 if interactive else 0, log_format=log_format)
 
 
 @app.command()
@@ -152,11 +168,14 @@ def train(
         int | None,
         typer.Option(help="Port of /progress and /metrics. Default $KUBEGRAFT_PROGRESS_PORT or 9090."),
     ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar=ENV_LOG_FORMAT, case_sensitive=False, help=_LOG_FORMAT_HELP)
+    ] = LogFormat.text,
 ) -> None:
     """The training pod's entry point: train the TransferJob mounted at $KUBEGRAFT_SPEC."""
     from kubegraft_trainer.run import spec_path_from_env
 
-    _train_process(spec_path_from_env(), progress_port, verbose=0)
+    _train_process(spec_path_from_env(), progress_port, verbose=0, log_format=log_format)
 
 
 @app.command()
@@ -195,8 +214,9 @@ def predict(
         typer.echo(f"{image}: {result}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def operator(
+    ctx: typer.Context,
     *,
     namespace: Annotated[
         list[str] | None, typer.Option("--namespace", "-n", help="Namespace to watch (repeatable).")
@@ -215,8 +235,20 @@ def operator(
     ] = None,
     trainer_image: Annotated[str | None, typer.Option(help="Default trainer image.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar=ENV_LOG_FORMAT,
+            case_sensitive=False,
+            help=f"{_LOG_FORMAT_HELP} Training pods get the same format.",
+        ),
+    ] = LogFormat.text,
 ) -> None:
-    """Run the kubegraft operator (`kopf run -m kubegraft_operator.main`); replaces this process."""
+    """Run the kubegraft operator (`kopf run -m kubegraft_operator.main`); replaces this process.
+
+    Any other option is passed on to `kopf run` (e.g. `--debug`, `--quiet`, `--log-refkey k8s`); kopf
+    refuses the ones it does not know.
+    """
     import os
     import sys
 
@@ -233,7 +265,10 @@ def operator(
         args += ["--priority", str(priority)]
     if verbose:
         args.append("--verbose")
+    args.append(f"--log-format={_KOPF_LOG_FORMATS[log_format]}")
+    args += ctx.args
     env = dict(os.environ, KUBEGRAFT_METRICS_PORT=str(metrics_port))
+    env[ENV_LOG_FORMAT] = log_format.value
     if trainer_image:
         env["KUBEGRAFT_TRAINER_IMAGE"] = trainer_image
     os.execve(sys.executable, args, env)  # replaces the CLI with kopf (container entrypoint)

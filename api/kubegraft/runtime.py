@@ -29,6 +29,7 @@ ENV_PROGRESS_PORT = "KUBEGRAFT_PROGRESS_PORT"
 ENV_PROGRESS_BIND = "KUBEGRAFT_PROGRESS_BIND"  # address the progress server binds; default 0.0.0.0
 ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
 ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
+ENV_LOG_FORMAT = "KUBEGRAFT_LOG_FORMAT"  # "text" (default) or "json": the operator passes on its own format
 
 
 class ExitCode(IntEnum):

@@ -12,6 +12,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubegraft import runtime
+from kubegraft.logs import log_format_from_env
+
 ENV_TRAINER_IMAGE = "KUBEGRAFT_TRAINER_IMAGE"
 ENV_TRAINER_COMMAND = "KUBEGRAFT_TRAINER_COMMAND"
 ENV_IMAGE_COMMANDS = "KUBEGRAFT_IMAGE_COMMANDS"
@@ -21,6 +24,7 @@ ENV_SERVICE_ACCOUNT = "KUBEGRAFT_TRAINER_SERVICE_ACCOUNT"
 ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 ENV_PROGRESS_INTERVAL = "KUBEGRAFT_PROGRESS_INTERVAL"
 ENV_PEERING_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
+ENV_LOG_FORMAT = runtime.ENV_LOG_FORMAT  # set by `kubegraft operator --log-format`; passed on to trainers
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubegraft/trainer:0.1.0"
 DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("kubegraft", "train")
@@ -43,6 +47,7 @@ class OperatorConfig:
         metrics_port: where /metrics and /readyz are served.
         progress_interval: seconds between /progress polls of a running trainer.
         progress_timeout: seconds one /progress poll may take.
+        log_format: `text` or `json`, the operator's own log format, set on training pods too.
     """
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
@@ -54,6 +59,7 @@ class OperatorConfig:
     metrics_port: int = DEFAULT_METRICS_PORT
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     progress_timeout: float = 2.0
+    log_format: str = "text"
 
     def command_for(self, image: str) -> list[str]:
         """The container command for trainer `image`: its configured override, else the default."""
@@ -115,4 +121,5 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         service_account=env.get(ENV_SERVICE_ACCOUNT, ""),
         metrics_port=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
         progress_interval=progress_interval(env),
+        log_format=log_format_from_env(env).value,
     )

@@ -186,7 +186,7 @@ def render_event(
     }
 
 
-def _env(spec: TransferJobSpec, uid: str, generation: int) -> list[dict[str, Any]]:
+def _env(spec: TransferJobSpec, uid: str, generation: int, log_format: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": runtime.ENV_SPEC_PATH, "value": f"{runtime.SPEC_MOUNT_DIR}/{runtime.SPEC_FILE_NAME}"},
         {"name": runtime.ENV_RUN_ID, "value": run_id(uid, generation)},
@@ -196,6 +196,8 @@ def _env(spec: TransferJobSpec, uid: str, generation: int) -> list[dict[str, Any
         # The root filesystem is read-only: everything that writes under $HOME or $TMPDIR goes to emptyDirs.
         {"name": "HOME", "value": runtime.SCRATCH_DIR},
         {"name": "TMPDIR", "value": TMP_DIR},
+        # The trainer logs in the operator's own format (text, or JSON lines for a log collector).
+        {"name": runtime.ENV_LOG_FORMAT, "value": log_format},
     ]
     secret = spec.storage.secret_ref
     if secret is not None:
@@ -266,7 +268,7 @@ def render_job(
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": config.command_for(image),
-        "env": _env(spec, meta["uid"], generation),
+        "env": _env(spec, meta["uid"], generation, config.log_format),
         "ports": [
             {"name": runtime.PROGRESS_PORT_NAME, "containerPort": runtime.PROGRESS_PORT, "protocol": "TCP"}
         ],

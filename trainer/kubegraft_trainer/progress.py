@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ import keras
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from kubegraft.logs import console
 from kubegraft.runtime import (
     ENV_PROGRESS_BIND,
     ENV_PROGRESS_PORT,
@@ -51,7 +51,8 @@ class ProgressTracker:
     def __init__(self, *, out: TextIO | None = None, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._progress = TrainingProgress()
-        self._out = out if out is not None else sys.stdout
+        # None: the `kubegraft.console` logger (a bare stdout line, or a JSON record with --log-format json).
+        self._out = out
         self._clock = clock
         self._epoch_seconds: list[float] = []
         self.registry = CollectorRegistry()
@@ -157,12 +158,24 @@ class ProgressTracker:
         )
         parts = " ".join(f"{k}={float(logs[k]):.4f}" for k in _EPOCH_METRICS if k in logs)
         rate = f" {ips:.0f} img/s" if ips is not None else ""
-        print(
+        line = (
             f"[{self._progress.stage}] epoch {epoch}/{self._progress.stage_epochs} {parts} "
-            f"{seconds:.1f}s{rate} (total {completed}/{self._progress.total_epochs}, eta {eta:.0f}s)",
-            file=self._out,
-            flush=True,
+            f"{seconds:.1f}s{rate} (total {completed}/{self._progress.total_epochs}, eta {eta:.0f}s)"
         )
+        if self._out is not None:
+            print(line, file=self._out, flush=True)
+        else:
+            console(
+                line,
+                stage=self._progress.stage,
+                epoch=epoch,
+                completed_epochs=completed,
+                total_epochs=self._progress.total_epochs,
+                seconds=round(seconds, 3),
+                images_per_second=ips,
+                eta_seconds=eta,
+                **{k: float(logs[k]) for k in _EPOCH_METRICS if k in logs},
+            )
 
     def end_stage(self, epochs_run: int) -> None:
         """Leave the stage after ``epochs_run`` epochs; epochs cut by early stopping leave the total."""

@@ -25,6 +25,7 @@ import tensorflow as tf
 import yaml
 from pydantic import ValidationError
 
+from kubegraft.logs import console
 from kubegraft.manifests import load_manifest
 from kubegraft.runtime import (
     ENV_RUN_ID,
@@ -247,7 +248,7 @@ def train(
         trained.store.delete()  # the run's checkpoints (with strategy auto, every candidate's too)
         tracker.set_state("succeeded", model_uri=model_uri)
         log.info("published %s (test accuracy %s)", model_uri, test["accuracy"])
-        print(f"published {model_uri} test_accuracy={test['accuracy']}", flush=True)
+        console(f"published {model_uri} test_accuracy={test['accuracy']}", model_uri=model_uri)
         return RunResult(run_id, version, model_uri, list(splits.classes), records, metrics, parts)
     finally:
         if own_scratch:
@@ -628,5 +629,6 @@ def main(
         if server is not None:
             server.stop()
     state = tracker.snapshot()
-    print(json.dumps({"state": state.state, "reason": state.reason, "modelUri": state.model_uri}), flush=True)
+    outcome = {"state": state.state, "reason": state.reason, "modelUri": state.model_uri}
+    console(json.dumps(outcome), **outcome)
     return int(code)

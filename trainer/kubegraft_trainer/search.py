@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
+from kubegraft.logs import console
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import TransferJobSpec
 from kubegraft_trainer.backbones import LoadedBackbone
@@ -420,10 +421,11 @@ def _run_candidate(
     result.status = "timed-out" if guard.timed_out else ("cut" if guard.cut else "done")
     result.seconds = time.monotonic() - started
     result.epochs = sum(r.epochs_run for r in records)
-    print(
+    console(
         f"[search] {name}: {ctx.split}_accuracy={result.validation_accuracy:.4f} "
         f"epochs={result.epochs}/{result.max_epochs} {result.seconds:.1f}s {result.status}",
-        flush=True,
+        candidate=name,
+        status=result.status,
     )
     return parts, runner, guard.curve, tracker.notices
 

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kubegraft.logs import console
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
@@ -504,7 +505,7 @@ class StageRunner:
             f"after {name}; the weights after {name} were restored."
         )
         log.warning("%s", message)
-        print(f"[{record.name}] regressed: {message}", flush=True)
+        console(f"[{record.name}] regressed: {message}", stage=record.name)
         self.tracker.add_notice(NoticeReason.FINE_TUNE_REGRESSED, message)
 
     def recipe(self) -> str:
@@ -546,7 +547,7 @@ class StageRunner:
         out.best_val_accuracy = val_acc if np.isfinite(val_acc) else None
         self.store.finish_stage(0, self.parts.model, asdict(out))
         self.tracker.add_metrics({"val_accuracy": val_acc})
-        print(f"[linear] C={record['C']} val_accuracy={val_acc:.4f} {seconds:.1f}s", flush=True)
+        console(f"[linear] C={record['C']} val_accuracy={val_acc:.4f} {seconds:.1f}s", stage="linear")
         return out
 
     def _resume(

@@ -168,4 +168,17 @@ def operator_command(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[
     result = CliRunner().invoke(app, ["operator", *args])
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
+    kopf_run_parses(calls[0][0])
     return calls[0]
+
+
+def kopf_run_parses(argv: list[str]) -> None:
+    """Fail unless kopf's own `kopf run` parser accepts `argv` (`python -m kopf run ...`) as it is."""
+    import click
+    from kopf.cli import run
+
+    assert argv[1:4] == ["-m", "kopf", "run"], argv
+    try:
+        run.make_context("run", argv[4:])
+    except click.UsageError as exc:  # what `kopf run` would report before exiting 2
+        pytest.fail(f"kopf run refuses {argv[4:]}: {exc.format_message()}")

@@ -322,6 +322,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
     "bad-severity": ({"prometheusRule": {"severity": "page"}}, "severity", ("one of",)),
     "bad-interval": ({"metrics": {"podMonitor": {"interval": "soon"}}}, "interval", ("pattern",)),
     "top-level-typo": ({"watchNamespace": ["team-a"]}, "watchNamespace", ("additional", "Additional")),
+    "bad-log-format": ({"operator": {"logFormat": "yaml"}}, "logFormat", ("one of",)),
 }
 
 
@@ -443,3 +444,33 @@ def test_operator_cli_accepts_the_rendered_args(
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert f"--liveness=http://0.0.0.0:{ports['health']}/healthz" in kopf_argv
     assert env["KUBEGRAFT_METRICS_PORT"] == str(ports["metrics"])
+
+
+@pytest.mark.parametrize(("log_format", "kopf_format"), [("text", "full"), ("json", "json")])
+def test_log_format_reaches_kopf_and_the_training_pods(
+    helm_template: Renderer, log_format: str, kopf_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubegraft_operator.config import load_config
+    from kubegraft_operator.rendering import render_job
+
+    container = _operator_container(helm_template("4", "--set", f"operator.logFormat={log_format}"))
+    kopf_argv, env = operator_command(container["args"], monkeypatch)
+    assert [a for a in kopf_argv if a.startswith("--log-format")] == [f"--log-format={kopf_format}"]
+    transferjob = {
+        "metadata": {"name": "flowers", "namespace": "ml", "uid": "u-1"},
+        "spec": {
+            "dataset": {"uri": "s3://bucket/flowers/"},
+            "output": {"uri": "s3://bucket/models/flowers/"},
+        },
+    }
+    job = render_job(transferjob, 1, 1, load_config(env))
+    assert env_of(job["spec"]["template"]["spec"]["containers"][0])["KUBEGRAFT_LOG_FORMAT"] == log_format
+
+
+def test_extra_args_take_kubegraft_and_kopf_run_options_as_documented(
+    helm_template: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _operator_container(helm_template("4", *VALUE_SETS["all-on"]))["args"]
+    assert args[-2:] == ["--verbose", "--log-refkey=k8s"]
+    kopf_argv, _ = operator_command(args, monkeypatch)  # kopf's own parser accepts the result
+    assert {"--verbose", "--log-refkey=k8s", "--log-format=json"} <= set(kopf_argv)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kubegraft.cli import app
-from kubegraft.runtime import ENV_TERMINATION_LOG, ExitCode, FailureReason
+from kubegraft.runtime import ENV_LOG_FORMAT, ENV_TERMINATION_LOG, ExitCode, FailureReason
 from kubegraft_trainer.run import main
 from tests.harness.fashion import CLASS_NAMES, upload_dir
 from tests.harness.s3 import SeaweedFS
@@ -104,3 +107,49 @@ def test_run_from_s3_publishes_to_s3_and_predict_reads_the_latest_complete_versi
     line = next(line for line in result.stdout.splitlines() if line.startswith(str(image)))
     ranked = eval(line.split(": ", 1)[1])  # the CLI prints Python tuples, its documented format
     assert len(ranked) == 3 and {name for name, _ in ranked} <= set(CLASS_NAMES)
+
+
+def test_json_log_format_makes_every_output_line_a_json_object_without_secrets(
+    transfer_images: Path, pretrained_backbone: Path, tmp_path: Path
+) -> None:
+    secret = "wJalrXUtnFEMI-kubegraft-trainer-sentinel"
+    manifest = _manifest(
+        {
+            "dataset": {"uri": str(transfer_images), "imageSize": 32, "validationSplit": 0.12},
+            "model": {"backbone": "MobileNetV2", "weights": str(pretrained_backbone)},
+            "stages": [stage("head", 0, 1)],
+            "output": {"uri": str(tmp_path / "models")},
+        },
+        tmp_path / "tj.yaml",
+    )
+    env = {
+        **os.environ,
+        ENV_LOG_FORMAT: "json",
+        ENV_TERMINATION_LOG: str(tmp_path / "termination-log"),
+        "AWS_ACCESS_KEY_ID": "AKIAKUBEGRAFTSENTINEL",
+        "AWS_SECRET_ACCESS_KEY": secret,
+    }
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the trainer quiets TensorFlow's C++ lines itself
+    kubegraft = str(Path(sys.executable).with_name("kubegraft"))
+    result = subprocess.run(
+        [kubegraft, "run", str(manifest), "--progress-port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = (result.stdout + result.stderr).splitlines()
+    bad = [line for line in output if line.strip() and not line.startswith("{")]
+    assert not bad, "\n".join(bad)
+    stdout = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    stderr = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert all(isinstance(r, dict) and "message" in r and r["severity"] for r in stdout + stderr)
+    epochs = [r for r in stdout if r.get("stage") == "head" and "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1]
+    assert isinstance(epochs[0]["accuracy"], float)
+    assert stdout[-1]["state"] == "succeeded" and stdout[-1]["modelUri"].endswith("/1/")
+    assert any(r["logger"].startswith("kubegraft_trainer") for r in stderr)
+    assert secret not in result.stdout + result.stderr
+    assert "AKIAKUBEGRAFTSENTINEL" not in result.stdout + result.stderr
