@@ -214,9 +214,17 @@ def operator(
         int | None, typer.Option(help="Peering priority (highest replica is active).")
     ] = None,
     trainer_image: Annotated[str | None, typer.Option(help="Default trainer image.")] = None,
+    allowed_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-image",
+            help="Glob pattern spec.image must match (repeatable; sets KUBEGRAFT_ALLOWED_IMAGES).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the kubegraft operator (`kopf run -m kubegraft_operator.main`); replaces this process."""
+    import json
     import os
     import sys
 
@@ -236,6 +244,8 @@ def operator(
     env = dict(os.environ, KUBEGRAFT_METRICS_PORT=str(metrics_port))
     if trainer_image:
         env["KUBEGRAFT_TRAINER_IMAGE"] = trainer_image
+    if allowed_image:
+        env["KUBEGRAFT_ALLOWED_IMAGES"] = json.dumps(allowed_image)
     os.execve(sys.executable, args, env)  # replaces the CLI with kopf (container entrypoint)
 
 
