@@ -234,6 +234,13 @@ def operator(
         int | None, typer.Option(help="Peering priority (highest replica is active).")
     ] = None,
     trainer_image: Annotated[str | None, typer.Option(help="Default trainer image.")] = None,
+    allowed_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-image",
+            help="Glob pattern spec.image must match (repeatable; sets KUBEGRAFT_ALLOWED_IMAGES).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     log_format: Annotated[
         LogFormat,
@@ -249,6 +256,7 @@ def operator(
     Any other option is passed on to `kopf run` (e.g. `--debug`, `--quiet`, `--log-refkey k8s`); kopf
     refuses the ones it does not know.
     """
+    import json
     import os
     import sys
 
@@ -271,6 +279,8 @@ def operator(
     env[ENV_LOG_FORMAT] = log_format.value
     if trainer_image:
         env["KUBEGRAFT_TRAINER_IMAGE"] = trainer_image
+    if allowed_image:
+        env["KUBEGRAFT_ALLOWED_IMAGES"] = json.dumps(allowed_image)
     os.execve(sys.executable, args, env)  # replaces the CLI with kopf (container entrypoint)
 
 

@@ -444,6 +444,155 @@ class SchedulingSpec(ApiModel):
     )
 
 
+# Labels and annotations the operator puts on the training pod itself (selection, Kueue, kubectl): a
+# TransferJob's `pod.labels` / `pod.annotations` may not set them (rendering lets the operator's win anyway).
+OPERATOR_LABEL_KEYS = frozenset(
+    {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/part-of",
+        "kueue.x-k8s.io/queue-name",
+    }
+)
+OPERATOR_KEY_PREFIX = "kubegraft.io/"
+MAX_POD_LABELS = 32
+MAX_POD_ANNOTATIONS = 32
+MAX_ANNOTATION_VALUE = 4096
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
+_QUALIFIED_NAME = re.compile(rf"^(?:(?P<prefix>[^/]+)/)?(?P<name>{_LABEL_NAME})$")
+
+
+def _qualified_key(key: str, what: str) -> None:
+    """Check `key` as Kubernetes checks label and annotation keys: `[prefix/]name`, prefix a DNS subdomain."""
+    match = _QUALIFIED_NAME.match(key)
+    prefix = match.group("prefix") if match else None
+    if (
+        match is None
+        or len(match.group("name")) > 63
+        or (prefix is not None and (len(prefix) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, prefix)))
+    ):
+        raise ValueError(
+            f"{what} key {key!r} is not a valid Kubernetes key: an optional DNS-subdomain prefix and '/', "
+            "then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+
+
+def _pod_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        _qualified_key(key, "label")
+    return labels
+
+
+def _pod_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        _qualified_key(key, "annotation")
+    return annotations
+
+
+def _reserved_label(key: str) -> bool:
+    return key.startswith(OPERATOR_KEY_PREFIX) or key in OPERATOR_LABEL_KEYS
+
+
+_RESERVED_LABELS_CEL = ", ".join(f"'{key}'" for key in sorted(OPERATOR_LABEL_KEYS))
+
+
+class PodOptions(ApiModel):
+    """The training pod's identity, pull secrets, labels, annotations and shared memory."""
+
+    # Reserved keys are checked in CEL too (cheap: startsWith and a constant list); the full key syntax is
+    # pydantic's (a regex over map keys of unknown length is beyond the API server's CEL cost budget), and
+    # the API server checks it again when the operator creates the Job.
+    __cel_rules__ = (
+        CelRule(
+            rule=(
+                f"self.labels.all(k, !k.startsWith('{OPERATOR_KEY_PREFIX}') && "
+                f"!(k in [{_RESERVED_LABELS_CEL}]))"
+            ),
+            message=(
+                f"labels under {OPERATOR_KEY_PREFIX} and the operator's own app.kubernetes.io and Kueue "
+                "labels are reserved: the operator sets them to select and account for its pods"
+            ),
+            field_path=".labels",
+            check=lambda p: not any(_reserved_label(k) for k in p.labels),
+        ),
+        CelRule(
+            rule=f"self.annotations.all(k, !k.startsWith('{OPERATOR_KEY_PREFIX}'))",
+            message=f"annotations under {OPERATOR_KEY_PREFIX} are reserved for the operator's bookkeeping",
+            field_path=".annotations",
+            check=lambda p: not any(k.startswith(OPERATOR_KEY_PREFIX) for k in p.annotations),
+        ),
+        CelRule(
+            rule=(
+                "!has(self.shmSize) || (type(self.shmSize) == int ? self.shmSize > 0 : "
+                "self.shmSize.matches('" + QUANTITY_PATTERN + "'))"
+            ),
+            message="shmSize must be a Kubernetes quantity such as 1Gi or 512Mi",
+            field_path=".shmSize",
+            check=lambda p: p.shm_size is None or _quantity_ok(p.shm_size),
+        ),
+    )
+
+    service_account_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "ServiceAccount of the training pod, in the TransferJob's namespace: its cloud identity (IRSA, "
+            "EKS Pod Identity, GKE or Azure Workload Identity). Default: the operator's setting, else the "
+            "namespace's default. No Kubernetes API token is mounted; the identity webhooks project their "
+            "own token."
+        ),
+    )
+    image_pull_secrets: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]],
+        AfterValidator(_unique),
+    ] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Names of docker-registry Secrets in the TransferJob's namespace to pull the image with.",
+    )
+    labels: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]],
+        AfterValidator(_pod_labels),
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_LABELS,
+        description=(
+            "Extra labels of the training pod (e.g. azure.workload.identity/use: 'true'). Keys under "
+            "kubegraft.io/ and the app.kubernetes.io and Kueue labels the operator sets are reserved."
+        ),
+    )
+    annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=MAX_ANNOTATION_VALUE)]],
+        AfterValidator(_pod_annotations),
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ANNOTATIONS,
+        description=(
+            "Extra annotations of the training pod (e.g. sidecar.istio.io/inject: 'false'). Keys under "
+            "kubegraft.io/ are reserved."
+        ),
+    )
+    shm_size: (
+        Annotated[
+            int | Annotated[str, Field(max_length=64)],
+            Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+        ]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "Size of an in-memory /dev/shm (emptyDir medium Memory with this sizeLimit), e.g. 2Gi for "
+            "tf.data or multiprocessing; it counts against resources.memory. Default: the runtime's 64Mi."
+        ),
+    )
+
+
 class RunPolicy(ApiModel):
     """Retries, deadlines and suspension of the training Job."""
 
@@ -617,6 +766,10 @@ class TransferJobSpec(ApiModel):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
     image: str = Field(
         "", max_length=1024, description="Trainer image override; empty uses the operator's default."
+    )
+    pod: PodOptions = Field(
+        default_factory=PodOptions,
+        description="ServiceAccount, pull Secrets, labels, annotations and /dev/shm of the training pod.",
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadline, TTL and suspend."

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from kubegraft import runtime
 from kubegraft.logs import log_format_from_env
+from kubegraft_operator.images import is_allowed
 
 ENV_TRAINER_IMAGE = "KUBEGRAFT_TRAINER_IMAGE"
 ENV_TRAINER_COMMAND = "KUBEGRAFT_TRAINER_COMMAND"
@@ -21,6 +22,7 @@ ENV_IMAGE_COMMANDS = "KUBEGRAFT_IMAGE_COMMANDS"
 ENV_GPU_RESOURCE = "KUBEGRAFT_GPU_RESOURCE"
 ENV_IMAGE_PULL_POLICY = "KUBEGRAFT_IMAGE_PULL_POLICY"
 ENV_SERVICE_ACCOUNT = "KUBEGRAFT_TRAINER_SERVICE_ACCOUNT"
+ENV_ALLOWED_IMAGES = "KUBEGRAFT_ALLOWED_IMAGES"
 ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 ENV_PROGRESS_INTERVAL = "KUBEGRAFT_PROGRESS_INTERVAL"
 ENV_PEERING_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
@@ -44,6 +46,7 @@ class OperatorConfig:
         gpu_resource: the extended resource name GPUs are requested as.
         image_pull_policy: the trainer container's imagePullPolicy.
         service_account: the trainer pod's ServiceAccount (cloud identities); empty: the default.
+        allowed_images: glob patterns `spec.image` must match (`images.is_allowed`); empty allows any.
         metrics_port: where /metrics and /readyz are served.
         progress_interval: seconds between /progress polls of a running trainer.
         progress_timeout: seconds one /progress poll may take.
@@ -56,10 +59,15 @@ class OperatorConfig:
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     image_pull_policy: str = "IfNotPresent"
     service_account: str = ""
+    allowed_images: tuple[str, ...] = ()
     metrics_port: int = DEFAULT_METRICS_PORT
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     progress_timeout: float = 2.0
     log_format: str = "text"
+
+    def image_allowed(self, image: str) -> bool:
+        """Whether a TransferJob may run `image` (its `spec.image`, or empty for the default)."""
+        return is_allowed(image or self.trainer_image, self.allowed_images, self.trainer_image)
 
     def command_for(self, image: str) -> list[str]:
         """The container command for trainer `image`: its configured override, else the default."""
@@ -71,6 +79,34 @@ def _argv(raw: str, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{name} must be a non-empty JSON array of strings, got {raw!r}")
     return tuple(value)
+
+
+def allowed_images(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The image allow-list: KUBEGRAFT_ALLOWED_IMAGES, a JSON array of globs or a comma-separated list.
+
+    Raises:
+        ValueError: the variable is neither, or holds an empty or blank pattern.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(ENV_ALLOWED_IMAGES, "").strip()
+    if not raw:
+        return ()
+    problem = (
+        f"{ENV_ALLOWED_IMAGES} must be a JSON array of image patterns or a comma-separated list, got {raw!r}"
+    )
+    if raw.startswith("["):
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(problem) from exc
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(problem)
+        patterns = [v.strip() for v in value]
+    else:
+        patterns = [v.strip() for v in raw.split(",")]
+    if not all(patterns) or any(" " in p for p in patterns):
+        raise ValueError(problem)
+    return tuple(patterns)
 
 
 def progress_interval(env: Mapping[str, str] | None = None) -> float:
@@ -119,6 +155,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         gpu_resource=env.get(ENV_GPU_RESOURCE) or DEFAULT_GPU_RESOURCE,
         image_pull_policy=env.get(ENV_IMAGE_PULL_POLICY) or "IfNotPresent",
         service_account=env.get(ENV_SERVICE_ACCOUNT, ""),
+        allowed_images=allowed_images(env),
         metrics_port=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
         progress_interval=progress_interval(env),
         log_format=log_format_from_env(env).value,

@@ -17,7 +17,7 @@ Called by `reconcile`, which observes (kopf indices, the trainer's /progress) an
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,6 +64,7 @@ class Reason:
     RUN_STOPPED = "RunStopped"
     JOB_MISSING = "JobMissing"
     TRANSFER_GAIN = "TransferGain"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
 
 
 # Metric names (trainer contract) that say the run measured itself against the raw-pixel baseline.
@@ -353,6 +354,28 @@ def summarize(
     return Summary("Pending", Reason.STARTING, _short(f"Run {run} is starting.{retry_note}"))
 
 
+def image_rejection(
+    spec: TransferJobSpec, plan: RunPlan, image_allowed: Callable[[str], bool], setting: str
+) -> Summary | None:
+    """Why the run's Job must not be created: `spec.image` is outside the operator's allow-list; else None.
+
+    Only a Job still to be created is checked: a run already going on is left alone.
+
+    Args:
+        spec: the parsed spec.
+        plan: `plan_run`'s decision.
+        image_allowed: the operator's allow-list check (`OperatorConfig.image_allowed`).
+        setting: the setting's name for the message (the environment variable the chart sets).
+    """
+    if not plan.create or image_allowed(spec.image):
+        return None
+    text = (
+        f"Run {plan.run} was not started: image {spec.image} is not allowed by the operator's {setting} "
+        "(chart value trainer.allowedImages); use an allowed image or ask the cluster's operator to allow it."
+    )
+    return Summary("Failed", Reason.IMAGE_NOT_ALLOWED, _short(text), stalled=True)
+
+
 def _progress_message(run: int, progress: TrainingProgress | None) -> str:
     if progress is None or progress.state in ("starting", "loading"):
         return f"Run {run} is running: the trainer is loading data."
@@ -517,6 +540,7 @@ def derive_status(
     now: str,
     *,
     spec: TransferJobSpec | None = None,
+    rejection: Summary | None = None,
 ) -> StatusResult:
     """The status for the current run and the Events explaining what changed since the previous status.
 
@@ -527,6 +551,7 @@ def derive_status(
         progress: the trainer's live /progress, when it was polled.
         now: RFC 3339 time of this observation.
         spec: the already parsed `transferjob["spec"]`, if the caller has it (parsed here otherwise).
+        rejection: why the run's Job was not created (`image_rejection`): the run is Failed with it.
     """
     spec = spec if spec is not None else TransferJobSpec.model_validate(dict(transferjob["spec"]))
     previous = dict(transferjob.get("status") or {})
@@ -535,7 +560,8 @@ def derive_status(
     same_run = previous.get("run") == plan.run
     if plan.finished_without_job and same_run:
         return _kept_status(previous, generation, now)
-    summary = summarize(spec, plan, run_pods, progress)
+    rejected = rejection is not None and plan.job is None
+    summary = rejection if rejection is not None and rejected else summarize(spec, plan, run_pods, progress)
     status: dict[str, Any] = {k: previous[k] for k in _PROGRESS_FIELDS if same_run and k in previous}
     last = _last_terminated(run_pods)
     final = None
@@ -562,7 +588,6 @@ def derive_status(
         {
             "phase": summary.phase,
             "run": plan.run,
-            "jobName": job_name(transferjob["metadata"]["name"], plan.run),
             "observedGeneration": generation,
             "conditions": merge(
                 previous.get("conditions") or [],
@@ -572,6 +597,8 @@ def derive_status(
             ),
         }
     )
+    if not rejected:
+        status["jobName"] = job_name(transferjob["metadata"]["name"], plan.run)
     if start:
         status["startTime"] = start
     if completion:

@@ -40,7 +40,7 @@ import kopf
 from kubegraft.runtime import Notice, TrainingProgress
 from kubegraft.spec import TransferJobSpec
 from kubegraft_operator import metrics, planning, rendering
-from kubegraft_operator.config import OperatorConfig
+from kubegraft_operator.config import ENV_ALLOWED_IMAGES, OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 from kubegraft_operator.kube import Kube, configmap_path, event_path, job_path, transferjob_path
 from kubegraft_operator.observation import JobView, PodView, observe_job
@@ -180,8 +180,9 @@ class Reconciler:
         except InvalidSpecError as exc:
             raise kopf.PermanentError(f"spec cannot be rendered into a Job: {exc}") from exc
         plan = planning.plan_run(tj, jobs, rendering.desired_suspend(spec))
+        rejection = planning.image_rejection(spec, plan, self.config.image_allowed, ENV_ALLOWED_IMAGES)
         # Act.
-        plan = await self._act(tj, plan, spec)
+        plan = await self._act(tj, plan, spec, create=rejection is None)
         # Observe the trainer itself.
         progress = None
         polled_at = time.time()
@@ -192,14 +193,20 @@ class Reconciler:
             if pod is not None and pod.pod_ip:
                 progress = await self.progress.fetch(pod.pod_ip)
         # Report.
-        phase = await self._report(tj, spec, plan, pods, progress, patch=patch, defer_status=defer_status)
+        phase = await self._report(
+            tj, spec, plan, pods, progress, patch=patch, defer_status=defer_status, rejection=rejection
+        )
         if progress is not None and phase == "Running":
             metrics.record_progress(tj["metadata"]["namespace"], tj["metadata"]["name"], progress, polled_at)
 
     async def _act(
-        self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec
+        self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec, *, create: bool = True
     ) -> planning.RunPlan:
-        """Stop older runs, create this run's children, (un)suspend; return the plan as it now stands."""
+        """Stop older runs, create this run's children (unless `create` is False), (un)suspend.
+
+        Returns the plan as it now stands. Older runs are stopped even when the new run is refused: the spec
+        they ran is no longer wanted.
+        """
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
         written = self._written.setdefault(tj["metadata"]["uid"], _Written())
         for old in plan.stop:
@@ -210,7 +217,7 @@ class Reconciler:
                 f"Stopped Job {old.name} of run {old.run}: the spec changed; run {plan.run} replaces it."
             )
             self._event(tj, written, "Normal", planning.Reason.RUN_STOPPED, message, key=f"stop/{old.name}")
-        if plan.create:
+        if plan.create and create:
             await self.kube.create(configmap_path(namespace), rendering.render_configmap(tj, plan.run))
             job = rendering.render_job(tj, plan.run, plan.generation, self.config, spec)
             if await self.kube.create(job_path(namespace), job):
@@ -239,13 +246,16 @@ class Reconciler:
         *,
         patch: kopf.Patch | None,
         defer_status: bool = False,
+        rejection: planning.Summary | None = None,
     ) -> str:
         """Write the status (only when changed) and the run annotations; post Events; return the phase."""
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
         uid = tj["metadata"]["uid"]
         written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
-        result = planning.derive_status(tj, plan, pods, progress, now_rfc3339(), spec=spec)
+        result = planning.derive_status(
+            tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection
+        )
         changes = planning.status_patch(previous, result.status)
         if changes:
             if defer_status and patch is not None:

@@ -33,6 +33,8 @@ RUN_AS_USER = 1000
 SPEC_VOLUME = "spec"
 SCRATCH_VOLUME = "scratch"
 TMP_VOLUME = "tmp"
+SHM_VOLUME = "dshm"
+SHM_DIR = "/dev/shm"  # the POSIX shared-memory mount point
 TMP_DIR = "/tmp"  # an emptyDir mounted in the pod
 
 
@@ -290,9 +292,21 @@ def render_job(
             {"name": TMP_VOLUME, "mountPath": TMP_DIR},
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": SPEC_VOLUME, "configMap": {"name": configmap_name(name, run)}},
+        {"name": SCRATCH_VOLUME, "emptyDir": {}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    pod = spec.pod
+    if pod.shm_size is not None:
+        # A bigger /dev/shm than the runtime's 64Mi (tf.data, multiprocessing); it is the pod's memory.
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": str(pod.shm_size)}})
+        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": SHM_DIR})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are the Job's (backoffLimit)
-        "automountServiceAccountToken": False,  # the trainer never talks to the Kubernetes API
+        # The trainer never talks to the Kubernetes API. Cloud identities do not need this token: the IRSA,
+        # EKS Pod Identity and Azure webhooks project their own, GKE's metadata server needs none.
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -301,11 +315,7 @@ def render_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [
-            {"name": SPEC_VOLUME, "configMap": {"name": configmap_name(name, run)}},
-            {"name": SCRATCH_VOLUME, "emptyDir": {}},
-            {"name": TMP_VOLUME, "emptyDir": {}},
-        ],
+        "volumes": volumes,
     }
     scheduling = spec.scheduling
     if scheduling.node_selector:
@@ -318,8 +328,10 @@ def render_job(
         pod_spec["affinity"] = dict(scheduling.affinity)
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
-    if config.service_account:
-        pod_spec["serviceAccountName"] = config.service_account
+    if service_account := pod.service_account_name or config.service_account:
+        pod_spec["serviceAccountName"] = service_account
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": secret} for secret in pod.image_pull_secrets]
     policy = spec.run_policy
     job_spec: dict[str, Any] = {
         "completions": 1,
@@ -329,9 +341,13 @@ def render_job(
         "suspend": bool(policy.suspend or scheduling.queue_name),
         "podFailurePolicy": _pod_failure_policy(),
         "template": {
+            # The spec's own labels and annotations first: the operator's (selection, bookkeeping) win.
             "metadata": {
-                "labels": dict(run_labels),
-                "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_NAME},
+                "labels": {**pod.labels, **run_labels},
+                "annotations": {
+                    **pod.annotations,
+                    "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
+                },
             },
             "spec": pod_spec,
         },

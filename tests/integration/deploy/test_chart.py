@@ -115,6 +115,17 @@ def test_trainer_image_and_gpu_resource_name_reach_the_operator(helm_template: R
     assert env["KUBEGRAFT_TRAINER_SERVICE_ACCOUNT"] == "kubegraft-trainer"
 
 
+def test_allowed_images_reach_the_operator_as_the_json_array_it_reads(helm_template: Renderer) -> None:
+    from kubegraft_operator.config import load_config
+
+    env = env_of(_operator_container(helm_template("4", *VALUE_SETS["all-on"])))
+    assert load_config(env).allowed_images == (
+        "registry.example.com/ml/*",
+        "ghcr.io/kubegraft/trainer@sha256:*",
+    )
+    assert "KUBEGRAFT_ALLOWED_IMAGES" not in env_of(_operator_container(helm_template("4")))
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_operator_environment_uses_the_names_the_operator_reads(helm_template: Renderer, values: str) -> None:
     from kubegraft_operator import config

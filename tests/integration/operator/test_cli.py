@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.harness.cluster import REPO_ROOT, Cluster
 from tests.integration.operator.conftest import (
@@ -18,7 +19,7 @@ from tests.integration.operator.conftest import (
 )
 
 
-def test_kubegraft_operator_command_serves_readiness_metrics_and_creates_jobs(
+def test_kubegraft_operator_command_serves_readiness_metrics_creates_jobs_and_enforces_allowed_images(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     metrics_port, liveness_port = free_port(), free_port()
@@ -26,6 +27,7 @@ def test_kubegraft_operator_command_serves_readiness_metrics_and_creates_jobs(
     kubegraft = str(Path(sys.executable).with_name("kubegraft"))
     args = [kubegraft, "operator", "--standalone", "--all-namespaces", "--metrics-port", str(metrics_port)]
     args.append(f"--liveness=http://127.0.0.1:{liveness_port}/healthz")
+    args += ["--allowed-image", "registry.example.com/ml/*"]
     with (tmp_path / "operator.log").open("wb") as log:
         process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -36,6 +38,23 @@ def test_kubegraft_operator_command_serves_readiness_metrics_and_creates_jobs(
         cluster.wait_for(lambda: cluster.get("batch/v1", "jobs", "cli-1"), timeout=30)
         metrics = OperatorEnv.http(f"http://127.0.0.1:{metrics_port}/metrics") or ""
         assert "kubegraft_runs_started_total 1.0" in metrics
+        # An image outside --allowed-image: no Job, a Failed status naming image and setting, an Event.
+        refused = {**manifest, "metadata": {"name": "cli-refused"}}
+        cluster.apply({**refused, "spec": stand_in_spec("succeed", 0.1, epochs=1, image="evil.io/miner:1")})
+
+        def failed() -> dict[str, Any] | None:
+            body = cluster.get(API_VERSION, "transferjobs", "cli-refused") or {}
+            status = body.get("status") or {}
+            return status if status.get("phase") == "Failed" else None
+
+        status = cluster.wait_for(failed, timeout=30)
+        condition = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert condition["reason"] == "ImageNotAllowed"
+        assert "evil.io/miner:1" in condition["message"]
+        assert "KUBEGRAFT_ALLOWED_IMAGES" in condition["message"]
+        assert cluster.get("batch/v1", "jobs", "cli-refused-1") is None
+        reasons = [e["reason"] for e in cluster.events() if e["involvedObject"]["name"] == "cli-refused"]
+        assert "ImageNotAllowed" in reasons
     finally:
         process.kill()
         process.wait()

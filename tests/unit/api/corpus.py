@@ -135,6 +135,22 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
     "storage-endpoint-and-secret": _variant(
         _spec(storage={"endpoint": "http://minio.storage:9000", "secretRef": {"name": "s3"}, "region": "x"})
     ),
+    "pod-options": _variant(
+        _spec(
+            pod={
+                "serviceAccountName": "ml-trainer",
+                "imagePullSecrets": ["registry", "mirror"],
+                "labels": {
+                    "azure.workload.identity/use": "true",
+                    "team": "",
+                    "app.kubernetes.io/version": "1",
+                },
+                "annotations": {"sidecar.istio.io/inject": "false", "example.com/note": "any text at all"},
+                "shmSize": "2Gi",
+            }
+        )
+    ),
+    "pod-shm-size-integer": _variant(_spec(pod={"shmSize": 1073741824})),
     "status-written-by-operator": _variant(
         lambda m: m.update(
             status={

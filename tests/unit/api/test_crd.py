@@ -19,8 +19,9 @@ from tests.unit.api.corpus import CRD_FILES
 _ALLOWED_KEYS = {
     "type", "description", "properties", "required", "items", "additionalProperties", "default", "enum",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "anyOf", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations",
+    "minItems", "maxItems", "maxProperties", "anyOf", "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
 }  # fmt: skip
 
 

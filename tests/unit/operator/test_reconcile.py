@@ -277,3 +277,67 @@ def test_a_new_run_posts_its_own_notices_from_zero() -> None:
     pods = [pod(2, exit_code=0, term_message=message)]
     _run(_reconciler(kube), tj, jobs, pods)
     assert [p[0] for p in _posted(kube)] == ["flowers.0b5e7d3c.r2.n0"]
+
+
+def _allow_list_reconciler(kube: RecordingKube) -> Reconciler:
+    config = OperatorConfig(allowed_images=("registry.example.com/ml/*",))
+    return Reconciler(config=config, kube=kube, progress=ProgressClient())
+
+
+def test_a_disallowed_image_gets_no_job_but_a_failed_status_and_a_warning_naming_image_and_setting() -> None:
+    kube = RecordingKube()
+    tj = transferjob(with_spec(image="evil.io/miner:1"))
+    _run(_allow_list_reconciler(kube), tj, [], [])
+    assert [c for c in kube.calls if c[0] == "create"] == []
+    status = next(c[2] for c in kube.calls if c[1].endswith("/status"))["status"]
+    assert status["phase"] == "Failed"
+    assert "jobName" not in status
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "False"
+    assert conditions["Failed"]["status"] == "True"
+    assert conditions["Failed"]["reason"] == "ImageNotAllowed"
+    assert "evil.io/miner:1" in conditions["Failed"]["message"]
+    assert "KUBEGRAFT_ALLOWED_IMAGES" in conditions["Failed"]["message"]
+    assert kube.events == [("Warning", "ImageNotAllowed")]
+
+
+def test_a_refused_run_stays_failed_and_creates_nothing_on_later_reconciles() -> None:
+    kube = RecordingKube()
+    reconciler = _allow_list_reconciler(kube)
+    tj = transferjob(with_spec(image="evil.io/miner:1"))
+    _run(reconciler, tj, [], [])
+    status = next(c[2] for c in kube.calls if c[1].endswith("/status"))["status"]
+    kube.calls.clear()
+    _run(reconciler, transferjob(with_spec(image="evil.io/miner:1"), status=status), [], [])
+    assert [c for c in kube.calls if c[0] == "create"] == []
+    assert kube.events == [("Warning", "ImageNotAllowed")]
+
+
+def test_an_allowed_image_and_the_default_image_create_the_job() -> None:
+    for spec in (with_spec(image="registry.example.com/ml/trainer:2"), with_spec()):
+        kube = RecordingKube()
+        _run(_allow_list_reconciler(kube), transferjob(spec), [], [])
+        assert [c[1] for c in kube.calls if c[0] == "create"] == ["flowers-1-spec", "flowers-1"]
+
+
+def test_a_spec_change_to_a_disallowed_image_stops_the_old_run_and_starts_none() -> None:
+    kube = RecordingKube()
+    tj = transferjob(
+        with_spec(image="evil.io/miner:1"),
+        generation=2,
+        annotations={"kubegraft.io/run": "1", "kubegraft.io/run-spec-hash": job(1).spec_hash},
+    )
+    _run(_allow_list_reconciler(kube), tj, [job(1)], [])
+    acts = [(c[0], c[1]) for c in kube.calls if c[0] != "patch"]
+    assert acts == [("delete", "flowers-1"), ("delete", "flowers-1-spec")]
+    assert ("Warning", "ImageNotAllowed") in kube.events
+
+
+def test_a_running_job_is_not_touched_when_its_image_is_later_disallowed() -> None:
+    kube = RecordingKube()
+    spec = with_spec(image="evil.io/miner:1")
+    tj = transferjob(spec)
+    _run(_allow_list_reconciler(kube), tj, [job(1, spec=spec)], [pod(running=True)])
+    assert [c for c in kube.calls if c[0] in ("create", "delete")] == []
+    status = next(c[2] for c in kube.calls if c[1].endswith("/status"))["status"]
+    assert status["phase"] == "Running"

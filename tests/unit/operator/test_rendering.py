@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -242,3 +243,77 @@ def test_kueue_owns_unsuspending_unless_the_user_suspends() -> None:
 def test_an_unparseable_spec_is_an_invalid_spec_error() -> None:
     with pytest.raises(InvalidSpecError):
         render_job(transferjob({"dataset": {}}), 1, 1, CONFIG)
+
+
+POD_OPTIONS: dict[str, Any] = {
+    "serviceAccountName": "ml-trainer",
+    "imagePullSecrets": ["registry", "mirror"],
+    "labels": {"azure.workload.identity/use": "true", "team": "vision"},
+    "annotations": {"sidecar.istio.io/inject": "false"},
+    "shmSize": "2Gi",
+}
+
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job["spec"]["template"]
+    return pod
+
+
+def test_pod_options_set_service_account_pull_secrets_labels_and_annotations() -> None:
+    job = render_job(transferjob(with_spec(pod=POD_OPTIONS)), 2, 1, CONFIG)
+    pod = _pod(job)
+    assert pod["spec"]["serviceAccountName"] == "ml-trainer"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}]
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert pod["metadata"]["labels"]["team"] == "vision"
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "trainer"
+    # Pod labels are the pod's: the Job keeps only the operator's own.
+    assert "team" not in job["metadata"]["labels"]
+
+
+def test_spec_service_account_wins_over_the_operator_default_and_no_api_token_is_mounted() -> None:
+    config = OperatorConfig(trainer_image="t:1", service_account="kubegraft-trainer")
+    assert _pod(render_job(transferjob(), 1, 1, config))["spec"]["serviceAccountName"] == "kubegraft-trainer"
+    pod = _pod(render_job(transferjob(with_spec(pod=POD_OPTIONS)), 1, 1, config))
+    assert pod["spec"]["serviceAccountName"] == "ml-trainer"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_no_service_account_pull_secrets_or_shm_volume_by_default() -> None:
+    pod = _pod(render_job(transferjob(), 1, 1, CONFIG))
+    assert "serviceAccountName" not in pod["spec"]
+    assert "imagePullSecrets" not in pod["spec"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["spec", "scratch", "tmp"]
+    assert all(m["mountPath"] != "/dev/shm" for m in _container({"spec": {"template": pod}})["volumeMounts"])
+
+
+def test_shm_size_mounts_a_memory_backed_empty_dir_at_dev_shm() -> None:
+    job = render_job(transferjob(with_spec(pod={"shmSize": "2Gi"})), 1, 1, CONFIG)
+    volumes = {v["name"]: v for v in _pod(job)["spec"]["volumes"]}
+    assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(job)["volumeMounts"]
+
+
+def test_every_label_the_operator_sets_on_a_pod_is_reserved_in_the_spec() -> None:
+    from kubegraft.spec import OPERATOR_KEY_PREFIX, OPERATOR_LABEL_KEYS
+
+    job = render_job(transferjob(with_spec(scheduling={"queueName": "q"})), 1, 1, CONFIG)
+    for key in {**job["metadata"]["labels"], **_pod(job)["metadata"]["labels"]}:
+        assert key.startswith(OPERATOR_KEY_PREFIX) or key in OPERATOR_LABEL_KEYS, key
+
+
+def test_operator_labels_win_over_a_pod_label_that_slipped_past_admission() -> None:
+    # Admission (CEL) refuses reserved keys; rendering still never lets one replace a selection label.
+    spec = parse_spec(with_spec(pod={"labels": {"team": "a"}}))
+    forged = spec.model_copy(
+        update={"pod": spec.pod.model_copy(update={"labels": {"kubegraft.io/run": "99", "team": "a"}})}
+    )
+    job = render_job(transferjob(with_spec(pod={"labels": {"team": "a"}})), 3, 1, CONFIG, forged)
+    assert _pod(job)["metadata"]["labels"]["kubegraft.io/run"] == "3"
+
+
+def test_a_job_with_every_pod_option_passes_kubernetes_strict_validation() -> None:
+    spec = with_spec(pod=POD_OPTIONS, scheduling={"queueName": "q"})
+    job = render_job(transferjob(spec), 1, 1, CONFIG)
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
