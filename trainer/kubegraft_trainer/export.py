@@ -6,8 +6,10 @@ read versions with `complete_versions` / `next_version`.
 
 The SavedModel's ``serving_default`` signature takes a batch of encoded images (``tf.string [None]``, JPEG,
 PNG, BMP, GIF or WebP bytes) and decodes and resizes them with the very function training used
-(`images.decode_and_resize`), so clients send files as they are. It returns ``probabilities`` (float32 [None,
-C], in labels.txt order) and ``classes`` (class names [None, C], most probable first).
+(`images.decode_and_resize`), so clients send files as they are. It returns, as TF Serving's classify API
+does, ``classes`` (class names [None, C], most probable first) and ``scores`` (float32 [None, C], the same
+ranking: ``scores[i][j]`` is the probability of ``classes[i][j]``), and beside them ``probabilities``
+(float32 [None, C], columns in labels.txt order, unranked).
 
 Publishing is atomic for readers: a version counts only once its marker object ``<n>/_COMPLETE`` exists, and
 the marker is written last, after every other file (``saved_model.pb`` just before it). On a local filesystem
@@ -46,7 +48,11 @@ _LAST_MODEL_FILE = "saved_model.pb"
 
 
 def serving_function(model: keras.Model, class_names: Sequence[str], image_size: int) -> Any:
-    """The serving computation: encoded image bytes in, probabilities and ranked class names out.
+    """The serving computation: encoded image bytes in; ranked class names and scores, and probabilities out.
+
+    ``classes`` and ``scores`` are ranked together (most probable first, ties in labels.txt order), so
+    ``zip(classes[i], scores[i])`` pairs each name with its own probability; ``probabilities`` keeps the
+    labels.txt column order.
 
     Args:
         model: The full model (raw RGB pixels to probabilities).
@@ -69,7 +75,11 @@ def serving_function(model: keras.Model, class_names: Sequence[str], image_size:
         )
         probabilities = tf.cast(model(pixels, training=False), tf.float32)
         order = tf.argsort(probabilities, axis=-1, direction="DESCENDING", stable=True)
-        return {"probabilities": probabilities, "classes": tf.gather(names, order)}
+        return {
+            "probabilities": probabilities,
+            "classes": tf.gather(names, order),
+            "scores": tf.gather(probabilities, order, batch_dims=1),
+        }
 
     # No Python control flow to convert: autograph off keeps tracing independent of source files.
     signature = [tf.TensorSpec([None], tf.string, name=SERVING_INPUT)]

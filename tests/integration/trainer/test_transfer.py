@@ -147,6 +147,10 @@ def test_exported_savedmodel_serves_encoded_png_like_the_keras_model(
     assert names == sorted(CLASS_NAMES[c] for c in TRANSFER_CLASSES)
     assert [row[0] for row in classes] == [names[i] for i in served.argmax(axis=1)]
     assert all(sorted(row) == sorted(names) for row in classes)
+    scores = outputs["scores"].numpy()  # scores[i][j] is the probability of classes[i][j]
+    ranked = np.take_along_axis(served, np.array([[names.index(c) for c in row] for row in classes]), axis=1)
+    np.testing.assert_array_equal(scores, ranked)
+    assert np.all(np.diff(scores, axis=1) <= 0)
 
 
 def test_published_version_holds_model_reports_and_marker_and_no_checkpoints(staged_run: StagedRun) -> None:
