@@ -29,6 +29,7 @@ ENV_PROGRESS_PORT = "KUBEGRAFT_PROGRESS_PORT"
 ENV_PROGRESS_BIND = "KUBEGRAFT_PROGRESS_BIND"  # address the progress server binds; default 0.0.0.0
 ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
 ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
+ENV_EXPECTED_GPUS = "KUBEGRAFT_EXPECTED_GPUS"  # resources.gpus: a pod that sees fewer fails at once (exit 78)
 
 
 class ExitCode(IntEnum):
@@ -50,6 +51,7 @@ class FailureReason:
     STORAGE_ACCESS_DENIED = "StorageAccessDenied"
     BACKBONE_UNAVAILABLE = "BackboneUnavailable"
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"
+    GPUS_UNAVAILABLE = "GpusUnavailable"  # the pod sees fewer GPUs than resources.gpus asked for
     TRAINING_ERROR = "TrainingError"
 
 
