@@ -30,6 +30,7 @@ ENV_PROGRESS_BIND = "KUBEGRAFT_PROGRESS_BIND"  # address the progress server bin
 ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
 ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
 ENV_LOG_FORMAT = "KUBEGRAFT_LOG_FORMAT"  # "text" (default) or "json": the operator passes on its own format
+ENV_EXPECTED_GPUS = "KUBEGRAFT_EXPECTED_GPUS"  # resources.gpus: a pod that sees fewer fails at once (exit 78)
 
 
 class ExitCode(IntEnum):
@@ -51,6 +52,7 @@ class FailureReason:
     STORAGE_ACCESS_DENIED = "StorageAccessDenied"
     BACKBONE_UNAVAILABLE = "BackboneUnavailable"
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"
+    GPUS_UNAVAILABLE = "GpusUnavailable"  # the pod sees fewer GPUs than resources.gpus asked for
     TRAINING_ERROR = "TrainingError"
 
 

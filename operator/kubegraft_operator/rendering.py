@@ -195,6 +195,7 @@ def _env(spec: TransferJobSpec, uid: str, generation: int, log_format: str) -> l
         {"name": runtime.ENV_PROGRESS_PORT, "value": str(runtime.PROGRESS_PORT)},
         {"name": runtime.ENV_TERMINATION_LOG, "value": runtime.TERMINATION_LOG},
         {"name": runtime.ENV_SCRATCH_DIR, "value": runtime.SCRATCH_DIR},
+        {"name": runtime.ENV_EXPECTED_GPUS, "value": str(spec.resources.gpus)},
         # The root filesystem is read-only: everything that writes under $HOME or $TMPDIR goes to emptyDirs.
         {"name": "HOME", "value": runtime.SCRATCH_DIR},
         {"name": "TMPDIR", "value": TMP_DIR},

@@ -5,12 +5,11 @@ stage (`set_trainable`, `compile_for_stage`). Following the Keras fine-tuning gu
 called with ``training=False``, so BatchNormalization keeps its moving statistics in inference mode even when
 layers are unfrozen, and BatchNormalization layers themselves stay frozen. The head is a model of its own,
 shared by the full model and by the bottleneck path (`stages`), so training it on cached features trains the
-very layers the full model uses. On GPUs `configure_devices` turns on mixed precision and MirroredStrategy.
+very layers the full model uses. Everything here is built under the run's strategy scope (`devices`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,26 +49,6 @@ class TransferModel:
     image_size: int
     feature_dim: int
     pretrained: bool = True
-
-
-def configure_devices() -> tf.distribute.Strategy:
-    """Pick the distribution strategy and precision for the visible devices.
-
-    With GPUs: mixed_float16 and a MirroredStrategy over all of them (one replica per GPU; batch sizes in
-    the spec are per replica). Without: float32 and the default strategy.
-
-    Returns:
-        The strategy under whose scope models are built and compiled.
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return tf.distribute.get_strategy()
-    for gpu in gpus:
-        with contextlib.suppress(RuntimeError):  # already initialised
-            tf.config.experimental.set_memory_growth(gpu, True)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    log.info("%d GPU(s): mixed_float16 with MirroredStrategy", len(gpus))
-    return tf.distribute.MirroredStrategy()
 
 
 def augmentation_layers(spec: Augmentation, seed: int) -> keras.Sequential | None:

@@ -45,6 +45,7 @@ from kubegraft_trainer.baseline import area_downsample, fit_pixel_baseline, tran
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.checkpoints import CheckpointStore, default_run_id, spec_hash
 from kubegraft_trainer.dataset import DatasetSplits, discover
+from kubegraft_trainer.devices import configure_devices, replica_devices
 from kubegraft_trainer.errors import TrainerError
 from kubegraft_trainer.export import (
     KERAS_FILE,
@@ -58,7 +59,7 @@ from kubegraft_trainer.export import (
 )
 from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
 from kubegraft_trainer.inference import warm_while
-from kubegraft_trainer.model import TransferModel, build_transfer_model, configure_devices, trainable_summary
+from kubegraft_trainer.model import TransferModel, build_transfer_model, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
 from kubegraft_trainer.report import build_metrics, evaluate, write_report
@@ -170,10 +171,10 @@ def train(
     scratch = workdir or _scratch_dir()
     own_scratch = workdir is None
     timings: dict[str, float] = {}
-    keras.utils.set_random_seed(spec.dataset.seed)
     tracker.set_state("loading")
     try:
-        strategy = configure_devices()
+        strategy = configure_devices()  # first: logical devices must be set before TensorFlow starts
+        keras.utils.set_random_seed(spec.dataset.seed)
         data_storage = open_storage(spec.dataset.uri, spec.storage)
         splits = discover(spec.dataset, data_storage)
         tracker.set_images(ImageCounts(**splits.counts))
@@ -220,6 +221,8 @@ def train(
             "model": _model_record(spec, loaded, parts),
             "images": counts.model_dump(by_alias=True),
             "replicas": strategy.num_replicas_in_sync,
+            "devices": replica_devices(strategy),
+            "precision": keras.mixed_precision.global_policy().name,
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
             "strategy": spec.resolved_strategy,
             "health": trained.health,

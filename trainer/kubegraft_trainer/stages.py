@@ -45,11 +45,13 @@ from kubegraft.logs import console
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
+from kubegraft_trainer.devices import build_from_one_replica, per_replica_batch
 from kubegraft_trainer.head_loop import EVAL_CHUNK, HeadLoop
 from kubegraft_trainer.inference import (
     extract_arrays,
     extract_features,
     extraction_batch,
+    run_inference,
     run_inference_many,
     warm_while,
 )
@@ -106,6 +108,8 @@ class StageRecord:
     regressed: bool = False
     frozen_prefix: str | None = None
     restored: str | None = None
+    global_batch_size: int | None = None  # batchSize: examples per optimizer step over all replicas
+    per_replica_batch_size: int | None = None  # what each replica computes per step (global / replicas)
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -535,7 +539,12 @@ class StageRunner:
             train, validation, int(self.parts.head.output.shape[-1]), self.spec.dataset.seed
         )
         self.parts.head.get_layer("probabilities").set_weights([kernel, bias])
-        probs = self.parts.head.predict_on_batch(validation[0]) if len(validation[0]) else np.zeros((0, 1))
+        # Not predict_on_batch: under several replicas Keras 3 returns every replica's copy of the batch.
+        probs = (
+            run_inference(self.parts.head, validation[0], EVAL_CHUNK)
+            if len(validation[0])
+            else np.zeros((0, 1))
+        )
         val_acc = (
             float((probs.argmax(axis=1) == validation[1]).mean()) if len(validation[0]) else float("nan")
         )
@@ -584,8 +593,12 @@ class StageRunner:
         callbacks: list[keras.callbacks.Callback],
         has_validation: bool,
     ) -> None:
-        """Train ``trained`` on ``arrays`` (cached features or prefix activations), else on the pixels."""
-        batch = stage.batch_size * self.strategy.num_replicas_in_sync
+        """Train ``trained`` on ``arrays`` (cached features or prefix activations), else on the pixels.
+
+        ``batchSize`` is the global batch: with several replicas Keras splits each batch across them.
+        """
+        batch = stage.batch_size
+        build_from_one_replica(trained, self.strategy)
         if arrays is not None:
             train, validation = arrays
             if self.strategy.num_replicas_in_sync == 1:
@@ -598,7 +611,7 @@ class StageRunner:
                     seed=self.spec.dataset.seed + index,
                 )
                 return
-            trained.fit(  # several replicas: Keras splits each batch across them
+            trained.fit(  # several replicas: Keras' loop distributes the batches
                 train[0],
                 train[1],
                 batch_size=batch,
@@ -762,6 +775,8 @@ class StageRunner:
             resumed_at_epoch=initial_epoch,
             best_val_accuracy=_best_value(history.get("val_accuracy")),
             frozen_prefix=cut,
+            global_batch_size=stage.batch_size,
+            per_replica_batch_size=per_replica_batch(stage.batch_size, self.strategy.num_replicas_in_sync),
         )
         self._guard(record, previous)
         self.store.finish_stage(index, self.parts.model, asdict(record))

@@ -1,0 +1,164 @@
+"""Devices, distribution strategy and precision of a run; called once by `kubegraft_trainer.run.train`.
+
+One replica per GPU under a `tf.distribute.MirroredStrategy`, with ``mixed_float16``; without GPUs float32 and
+the default strategy. Two environment variables change that:
+
+- ``KUBEGRAFT_EXPECTED_GPUS`` (the operator sets it from ``resources.gpus``): a pod that sees fewer GPUs than
+  it asked for fails at once (`FailureReason.GPUS_UNAVAILABLE`, exit 78) instead of training for hours on
+  fewer devices, or on the CPU.
+- ``KUBEGRAFT_LOGICAL_CPUS=N`` (tests and benchmarks; no GPU visible): split the CPU into N logical devices
+  and mirror over them, a real MirroredStrategy with N replicas, so every multi-replica code path runs on a
+  machine without GPUs. It must be read before TensorFlow initialises its devices (the first op does), so
+  `configure_devices` is the first thing a run does with TensorFlow.
+
+Batch sizes follow the Keras convention: a stage's ``batchSize`` is the global batch of one optimizer step,
+split evenly across the replicas (`per_replica_batch`), so the learning rate means the same for any number of
+replicas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from kubegraft.runtime import ENV_EXPECTED_GPUS, FailureReason
+from kubegraft_trainer.errors import TrainerError
+
+__all__ = [
+    "ENV_LOGICAL_CPUS",
+    "build_from_one_replica",
+    "configure_devices",
+    "per_replica_batch",
+    "replica_devices",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_LOGICAL_CPUS = "KUBEGRAFT_LOGICAL_CPUS"  # tests and benchmarks: mirror over N logical CPU devices
+
+
+def _env_count(name: str) -> int:
+    """A non-negative integer from the environment (0 when unset or empty)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise TrainerError(FailureReason.INVALID_SPEC, f"${name} must be a non-negative integer, got {raw!r}")
+    return value
+
+
+def _logical_cpus(count: int) -> list[str]:
+    """Split the first physical CPU into ``count`` logical devices; their names."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as exc:  # TensorFlow already initialised its devices: keep what it has if it fits
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != count:
+            raise TrainerError(
+                FailureReason.TRAINING_ERROR,
+                f"${ENV_LOGICAL_CPUS}={count} needs setting before TensorFlow starts, and it has {have} "
+                f"logical CPU(s) already: {exc}",
+            ) from exc
+    return [device.name for device in tf.config.list_logical_devices("CPU")][:count]
+
+
+def configure_devices() -> tf.distribute.Strategy:
+    """Pick the distribution strategy and precision for the visible devices.
+
+    With GPUs: ``mixed_float16`` and a MirroredStrategy over all of them (one replica per GPU). Without:
+    float32 (the global policy is left as it is) and the default strategy, or with ``$KUBEGRAFT_LOGICAL_CPUS``
+    of 2 or more a MirroredStrategy over that many logical CPU devices.
+
+    Returns:
+        The strategy under whose scope models are built and compiled.
+
+    Raises:
+        TrainerError: The pod asked for more GPUs (``$KUBEGRAFT_EXPECTED_GPUS``) than TensorFlow sees
+            (GpusUnavailable, not retried), or an environment variable is not a count.
+    """
+    expected = _env_count(ENV_EXPECTED_GPUS)
+    logical = _env_count(ENV_LOGICAL_CPUS)
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) < expected:
+        raise TrainerError(
+            FailureReason.GPUS_UNAVAILABLE,
+            f"the pod asked for {expected} GPU(s) (resources.gpus) but TensorFlow sees {len(gpus)}: check "
+            "the node's GPU driver and device plugin, and that the image's TensorFlow is built with CUDA",
+        )
+    if not gpus:
+        if logical >= 2:
+            devices = _logical_cpus(logical)
+            log.info("%d logical CPU devices: MirroredStrategy over %s", len(devices), ", ".join(devices))
+            return tf.distribute.MirroredStrategy(devices)
+        return tf.distribute.get_strategy()
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised
+            tf.config.experimental.set_memory_growth(gpu, True)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    log.info("%d GPU(s): mixed_float16 with MirroredStrategy", len(gpus))
+    return tf.distribute.MirroredStrategy()
+
+
+def per_replica_batch(global_batch: int, replicas: int) -> int:
+    """Examples each replica computes per step: the global batch split evenly (the last replica may get less).
+
+    Args:
+        global_batch: A stage's ``batchSize``, the examples of one optimizer step over all replicas.
+        replicas: Replicas in sync.
+
+    Returns:
+        ``ceil(global_batch / replicas)``.
+    """
+    return -(-global_batch // max(1, replicas))
+
+
+def build_from_one_replica(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Let ``model.fit`` and ``model.evaluate`` start on a batch that does not split evenly over replicas.
+
+    Keras 3 (3.15 at least) builds a model created under a strategy from its first batch, averaged over the
+    replicas with ``strategy.reduce("MEAN", batch, axis=None)``: an element-wise sum that fails ("Inputs to
+    operation AddN ... must have the same size and shape") when the replicas got different numbers of
+    examples, as a validation split of 35 images does on 2 replicas (18 and 17). The build only needs
+    shapes and dtypes, so this gives it the first replica's part of the batch instead. Nothing changes with
+    one replica, or on a Keras without that method.
+
+    Args:
+        model: A model built under ``strategy``'s scope, about to be fitted or evaluated.
+        strategy: The run's strategy.
+    """
+    if strategy.num_replicas_in_sync == 1 or not hasattr(model, "_symbolic_build"):
+        return
+
+    def first_replica(value: Any) -> Any:
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def build(iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(first_replica, next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
+
+
+def replica_devices(strategy: tf.distribute.Strategy) -> list[str]:
+    """The devices the replicas run on (the default strategy: the one TensorFlow places ops on)."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list
+        gpus = tf.config.list_logical_devices("GPU")
+        return [(gpus or tf.config.list_logical_devices("CPU"))[0].name]
