@@ -30,6 +30,16 @@ ENV_PROGRESS_BIND = "KUBEGRAFT_PROGRESS_BIND"  # address the progress server bin
 ENV_TERMINATION_LOG = "KUBEGRAFT_TERMINATION_LOG"
 ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
 
+# Several workers (spec.workers > 1): one Indexed Job whose pods find each other through a headless Service.
+WORKER_PORT = 2222  # TensorFlow's gRPC server of each worker (MultiWorkerMirroredStrategy collectives)
+WORKER_PORT_NAME = "worker"
+ENV_WORKERS = "KUBEGRAFT_WORKERS"  # how many workers train together
+ENV_JOB_NAME = "KUBEGRAFT_JOB_NAME"  # the Job: worker i's hostname is <job>-<i>
+ENV_WORKER_SERVICE = "KUBEGRAFT_WORKER_SERVICE"  # the headless Service (pod subdomain): <job>-<i>.<service>
+ENV_WORKER_PORT = "KUBEGRAFT_WORKER_PORT"
+ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
+ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the same index on the pod
+
 
 class ExitCode(IntEnum):
     """Trainer exit codes; the Job's podFailurePolicy keys on them."""

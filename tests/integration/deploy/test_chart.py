@@ -19,6 +19,7 @@ from tests.integration.deploy.checks import (
     CLUSTER_PEERING_RULES,
     CLUSTER_RULES,
     NAMESPACED_RULES,
+    assert_worker_port_rule,
     by_kind,
     env_of,
     granted,
@@ -227,8 +228,9 @@ def test_trainer_network_policies_admit_the_operator_to_the_progress_port(helm_t
     ]
     assert {p["metadata"]["namespace"] for p in trainer_policies} == {"team-a", "team-b", "team-c"}
     for policy in trainer_policies:
-        [rule] = policy["spec"]["ingress"]
+        rule, workers = policy["spec"]["ingress"]
         assert [p["port"] for p in rule["ports"]] == [PROGRESS_PORT]
+        assert_worker_port_rule(workers, _trainer_pod_labels())
         assert any(
             selector_matches(s["podSelector"], operator_labels)
             and selector_matches(s["namespaceSelector"], {"kubernetes.io/metadata.name": RELEASE_NAMESPACE})
