@@ -39,6 +39,9 @@ ENV_WORKER_SERVICE = "KUBEGRAFT_WORKER_SERVICE"  # the headless Service (pod sub
 ENV_WORKER_PORT = "KUBEGRAFT_WORKER_PORT"
 ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
 ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the same index on the pod
+# Test only (the test kubelet, where every pod shares one host): JSON {"<host>:<port>": "127.0.0.1:<port>"},
+# the stand-in for cluster DNS through which the trainer reaches the other workers. Never set in a cluster.
+ENV_TEST_ADDRESSES = "KUBEGRAFT_TEST_ADDRESSES"
 
 
 class ExitCode(IntEnum):
