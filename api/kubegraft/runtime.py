@@ -32,6 +32,19 @@ ENV_SCRATCH_DIR = "KUBEGRAFT_SCRATCH"
 ENV_LOG_FORMAT = "KUBEGRAFT_LOG_FORMAT"  # "text" (default) or "json": the operator passes on its own format
 ENV_EXPECTED_GPUS = "KUBEGRAFT_EXPECTED_GPUS"  # resources.gpus: a pod that sees fewer fails at once (exit 78)
 
+# Several workers (spec.workers > 1): one Indexed Job whose pods find each other through a headless Service.
+WORKER_PORT = 2222  # TensorFlow's gRPC server of each worker (MultiWorkerMirroredStrategy collectives)
+WORKER_PORT_NAME = "worker"
+ENV_WORKERS = "KUBEGRAFT_WORKERS"  # how many workers train together
+ENV_JOB_NAME = "KUBEGRAFT_JOB_NAME"  # the Job: worker i's hostname is <job>-<i>
+ENV_WORKER_SERVICE = "KUBEGRAFT_WORKER_SERVICE"  # the headless Service (pod subdomain): <job>-<i>.<service>
+ENV_WORKER_PORT = "KUBEGRAFT_WORKER_PORT"
+ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller in every pod of an Indexed Job
+ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the same index on the pod
+# Test only (the test kubelet, where every pod shares one host): JSON {"<host>:<port>": "127.0.0.1:<port>"},
+# the stand-in for cluster DNS through which the trainer reaches the other workers. Never set in a cluster.
+ENV_TEST_ADDRESSES = "KUBEGRAFT_TEST_ADDRESSES"
+
 
 class ExitCode(IntEnum):
     """Trainer exit codes; the Job's podFailurePolicy keys on them."""

@@ -87,6 +87,8 @@ Backbone = Literal[
 # keras.applications refuses inputs smaller than these; every other backbone accepts 32 px.
 BACKBONE_MIN_IMAGE_SIZE: dict[str, int] = {"Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75}
 MIN_IMAGE_SIZE = 32
+# Worker pods of one run (spec.workers): a DNS-friendly ceiling, far above what one run here needs.
+MAX_WORKERS = 64
 MAX_IMAGE_SIZE = 1024
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
@@ -638,6 +640,10 @@ def _auto_allowed(s: TransferJobSpec) -> bool:
     return s.strategy != "auto" or (s.stages is None and s.classifier != "linear")
 
 
+def _workers_allowed(s: TransferJobSpec) -> bool:
+    return s.workers == 1 or s.resolved_strategy == "stages"
+
+
 def _budget_allowed(s: TransferJobSpec) -> bool:
     return s.budget is None or s.resolved_strategy == "auto"
 
@@ -710,6 +716,19 @@ class TransferJobSpec(ApiModel):
             field_path=".budget",
             check=_budget_allowed,
         ),
+        CelRule(
+            rule=(
+                "!has(self.workers) || self.workers == 1 || "
+                "(has(self.strategy) ? self.strategy == 'stages' : "
+                "(has(self.stages) || (has(self.classifier) && self.classifier == 'linear')))"
+            ),
+            message=(
+                "workers > 1 needs strategy stages: the strategy auto search decides by wall-clock time, "
+                "which workers training together cannot share; give stages (or classifier linear)"
+            ),
+            field_path=".workers",
+            check=_workers_allowed,
+        ),
     )
 
     dataset: DatasetSpec = Field(..., description="Labelled images and their split.")
@@ -761,7 +780,14 @@ class TransferJobSpec(ApiModel):
         default_factory=ResourcesSpec, description="GPUs, CPU and memory of the pod."
     )
     workers: int = Field(
-        1, ge=1, le=1, description="Training pods. Only 1 in v1alpha1; multi-worker training is planned."
+        1,
+        ge=1,
+        le=MAX_WORKERS,
+        description=(
+            "Training pods that train together (MultiWorkerMirroredStrategy, each with resources.gpus "
+            "GPUs). More than 1 renders one Indexed Job of that many pods behind a headless Service; worker "
+            "0 publishes. Needs strategy stages (stages or classifier linear). Default 1."
+        ),
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
     image: str = Field(

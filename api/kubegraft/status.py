@@ -57,6 +57,13 @@ class ImageCounts(ApiModel):
     skipped: int = Field(0, ge=0, description="Corrupt, empty or non-image files skipped.")
 
 
+class WorkerCounts(ApiModel):
+    """Worker pods of the current run (spec.workers > 1): how many are running, of how many."""
+
+    ready: int = Field(0, ge=0, description="Worker pods whose trainer is running.")
+    total: int = Field(1, ge=1, description="Worker pods the run trains on (spec.workers).")
+
+
 class TransferJobStatus(ApiModel):
     """What the operator observed about the current run."""
 
@@ -73,6 +80,9 @@ class TransferJobStatus(ApiModel):
     recipe: str | None = Field(None, description="The training recipe in short form (chosen or given).")
     model_uri: str | None = Field(None, description="The published model version, e.g. s3://models/cars/3/.")
     job_name: str | None = Field(None, description="The batch/v1 Job running the current run.")
+    workers: WorkerCounts | None = Field(
+        None, description="With spec.workers > 1: worker pods running (ready) of the run's total."
+    )
     start_time: str | None = Field(None, description="When the current run started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the current run finished (RFC 3339).")
     observed_generation: int | None = Field(

@@ -54,6 +54,12 @@ def configmap_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+def service_path(namespace: str, name: str = "") -> str:
+    """The API path of Services in `namespace` (or of one Service)."""
+    base = f"/api/v1/namespaces/{namespace}/services"
+    return f"{base}/{name}" if name else base
+
+
 def event_path(namespace: str) -> str:
     """The API path of core v1 Events in `namespace`."""
     return f"/api/v1/namespaces/{namespace}/events"

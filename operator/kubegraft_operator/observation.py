@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubegraft.runtime import ANNOTATION_COMPLETION_INDEX
 from kubegraft_operator.rendering import (
     ANNOTATION_GENERATION,
     ANNOTATION_SPEC_HASH,
@@ -42,7 +43,9 @@ class JobView:
     spec_hash: str = ""
     generation: int = 0
     suspend: bool = False
+    completions: int = 1  # spec.completions: the run's worker pods
     active: int = 0
+    ready: int = 0
     succeeded: int = 0
     failed: int = 0
     conditions: tuple[JobCondition, ...] = ()
@@ -93,6 +96,12 @@ class PodView:
     running: bool = False
     terminated: Terminated | None = None
     deleting: bool = False
+    index: int | None = None  # an Indexed Job pod's worker index (batch.kubernetes.io/job-completion-index)
+
+    @property
+    def chief(self) -> bool:
+        """Whether this pod is worker 0 (or the only worker): the one that reports and publishes."""
+        return self.index in (None, 0)
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -116,7 +125,9 @@ def observe_job(body: Mapping[str, Any]) -> JobView:
         spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
         generation=_int(annotations.get(ANNOTATION_GENERATION)),
         suspend=bool((body.get("spec") or {}).get("suspend", False)),
+        completions=_int((body.get("spec") or {}).get("completions"), 1),
         active=_int(status.get("active")),
+        ready=_int(status.get("ready")),
         succeeded=_int(status.get("succeeded")),
         failed=_int(status.get("failed")),
         conditions=tuple(
@@ -140,6 +151,9 @@ def observe_pod(body: Mapping[str, Any]) -> PodView:
     meta = body.get("metadata", {})
     labels = meta.get("labels") or {}
     status = body.get("status") or {}
+    raw_index = (meta.get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)
+    if raw_index is None:
+        raw_index = labels.get(ANNOTATION_COMPLETION_INDEX)  # also a label since Kubernetes 1.28
     unschedulable = None
     for condition in status.get("conditions") or []:
         if (
@@ -179,4 +193,5 @@ def observe_pod(body: Mapping[str, Any]) -> PodView:
         running=running,
         terminated=terminated,
         deleting=bool(meta.get("deletionTimestamp")),
+        index=_int(raw_index, -1) if raw_index is not None else None,
     )

@@ -244,6 +244,25 @@ def _latest(pods: Sequence[PodView]) -> PodView | None:
     return max(live, key=lambda p: (p.created, p.name), default=None)
 
 
+def _live(pods: Sequence[PodView]) -> list[PodView]:
+    """Each worker's newest pod (one per index; the one pod of a single-worker run), deleted ones last."""
+    newest: dict[int | None, PodView] = {}
+    for pod in sorted(pods, key=lambda p: (not p.deleting, p.created, p.name)):
+        newest[pod.index] = pod
+    return list(newest.values())
+
+
+def worker_counts(spec: TransferJobSpec, pods: Sequence[PodView]) -> dict[str, int]:
+    """`status.workers`: worker pods whose trainer runs now, of `spec.workers`."""
+    ready = sum(1 for p in _live(pods) if p.running and p.terminated is None and not p.deleting)
+    return {"ready": ready, "total": spec.workers}
+
+
+def _worker(pod: PodView) -> str:
+    """How Events name a pod: `worker 1 (pod x-1-abcde)` in a multi-worker run, else `pod x-abcde`."""
+    return f"worker {pod.index} (pod {pod.name})" if pod.index is not None else f"pod {pod.name}"
+
+
 def _last_terminated(pods: Sequence[PodView]) -> tuple[PodView, Terminated] | None:
     done = [(p, p.terminated) for p in pods if p.terminated is not None]
     if not done:
@@ -332,7 +351,8 @@ def summarize(
         return _failed_summary(spec, job, run, pods)
     if job.suspend:
         return _suspended_summary(spec, run)
-    pod = _latest(pods)
+    # With several workers the chief (worker 0) tells how the run goes; any worker may be stuck.
+    pod = _latest([p for p in pods if p.chief])
     last = _last_terminated(pods)
     retry_note = ""
     if last is not None and job.failed > 0 and last[0] is not pod:
@@ -348,9 +368,10 @@ def summarize(
         # never back to Pending (phases only move forward within a run).
         text = f"Run {run} finished training; waiting for its Job to complete."
         return Summary("Running", Reason.TRAINING, text)
-    stuck = _stuck_summary(spec, pod) if pod is not None else None
-    if stuck is not None:
-        return stuck
+    for candidate in ([pod] if pod is not None else []) + [p for p in _live(pods) if p is not pod]:
+        stuck = _stuck_summary(spec, candidate)
+        if stuck is not None:
+            return stuck
     return Summary("Pending", Reason.STARTING, _short(f"Run {run} is starting.{retry_note}"))
 
 
@@ -464,7 +485,8 @@ def _events(
         for pod in pods:
             if pod.terminated is not None and pod.terminated.exit_code != 0:
                 reason, message = _failure_text(pod.terminated)
-                text = _short(f"Pod {pod.name} of run {plan.run} failed: {message}.")
+                who = _worker(pod)
+                text = _short(f"{who[0].upper()}{who[1:]} of run {plan.run} failed: {message}.")
                 events.append(EventSpec("Warning", reason, text, key=pod.name))
     return events
 
@@ -599,6 +621,8 @@ def derive_status(
     )
     if not rejected:
         status["jobName"] = job_name(transferjob["metadata"]["name"], plan.run)
+    if spec.workers > 1:
+        status["workers"] = worker_counts(spec, run_pods)
     if start:
         status["startTime"] = start
     if completion:

@@ -42,7 +42,14 @@ from kubegraft.spec import TransferJobSpec
 from kubegraft_operator import metrics, planning, rendering
 from kubegraft_operator.config import ENV_ALLOWED_IMAGES, OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
-from kubegraft_operator.kube import Kube, configmap_path, event_path, job_path, transferjob_path
+from kubegraft_operator.kube import (
+    Kube,
+    configmap_path,
+    event_path,
+    job_path,
+    service_path,
+    transferjob_path,
+)
 from kubegraft_operator.observation import JobView, PodView, observe_job
 from kubegraft_operator.progress_client import ProgressClient
 
@@ -187,8 +194,14 @@ class Reconciler:
         progress = None
         polled_at = time.time()
         if poll:
+            # Worker 0 (the chief) is the one that serves /progress when several workers train together.
             pod = next(
-                (p for p in pods if p.run == plan.run and p.running and p.pod_ip and not p.deleting), None
+                (
+                    p
+                    for p in pods
+                    if p.run == plan.run and p.chief and p.running and p.pod_ip and not p.deleting
+                ),
+                None,
             )
             if pod is not None and pod.pod_ip:
                 progress = await self.progress.fetch(pod.pod_ip)
@@ -213,12 +226,17 @@ class Reconciler:
             await self.kube.delete(job_path(namespace, old.name), f"Job {namespace}/{old.name}")
             cm = rendering.configmap_name(name, old.run)
             await self.kube.delete(configmap_path(namespace, cm), f"ConfigMap {namespace}/{cm}")
+            if old.completions > 1:
+                svc = rendering.service_name(name, old.run)
+                await self.kube.delete(service_path(namespace, svc), f"Service {namespace}/{svc}")
             message = (
                 f"Stopped Job {old.name} of run {old.run}: the spec changed; run {plan.run} replaces it."
             )
             self._event(tj, written, "Normal", planning.Reason.RUN_STOPPED, message, key=f"stop/{old.name}")
         if plan.create and create:
             await self.kube.create(configmap_path(namespace), rendering.render_configmap(tj, plan.run))
+            if spec.workers > 1:  # before the Job: its pods look each other up through the Service
+                await self.kube.create(service_path(namespace), rendering.render_service(tj, plan.run))
             job = rendering.render_job(tj, plan.run, plan.generation, self.config, spec)
             if await self.kube.create(job_path(namespace), job):
                 metrics.RUNS_STARTED.inc()

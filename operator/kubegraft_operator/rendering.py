@@ -1,8 +1,14 @@
-"""Pure rendering of a TransferJob run into its children: the batch/v1 Job and the spec ConfigMap.
+"""Pure rendering of a TransferJob run into its children: the batch/v1 Job, the spec ConfigMap and, with
+`spec.workers` > 1, the headless Service through which the Job's worker pods find each other.
 
 Called by `reconcile` when a run's Job is missing. Same inputs, same output: names are derived from the
 TransferJob's name and run number only, so a crashed and restarted operator renders the very same Job and
 the API server's 409 tells it the Job is already there. Nothing here reads the cluster or the environment.
+
+Several workers: one Indexed Job (`completions = parallelism = workers`), its pods in the subdomain of a
+headless Service named like the Job, so worker i answers at `<job>-<i>.<job>` (the hostname Kubernetes gives
+an Indexed Job's pod is `<job>-<index>`). Every worker gets the same pod spec; the trainer builds its
+`TF_CONFIG` from `JOB_COMPLETION_INDEX` and the `KUBEGRAFT_WORKER*` variables.
 
 The TransferJob's spec travels to the trainer in a ConfigMap (apiVersion, kind, name, namespace and spec;
 never status, never Secret data); S3 credentials travel only as `secretKeyRef`s to the user's own Secret.
@@ -19,7 +25,7 @@ import kopf
 import yaml
 
 from kubegraft import runtime
-from kubegraft.spec import API_VERSION, KIND, TransferJobSpec
+from kubegraft.spec import API_VERSION, KIND, SchedulingSpec, TransferJobSpec
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 
@@ -70,6 +76,11 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
         stripped["runPolicy"] = policy
     canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def service_name(transferjob: str, run: int) -> str:
+    """The headless Service of run `run`'s workers: the Job's name (a DNS label: at most 63 characters)."""
+    return job_name(transferjob, run)
 
 
 def labels(transferjob: str, run: int) -> dict[str, str]:
@@ -188,6 +199,51 @@ def render_event(
     }
 
 
+def render_service(transferjob: Mapping[str, Any], run: int) -> dict[str, Any]:
+    """The headless Service `<name>-<run>` that gives run `run`'s worker pods stable DNS names (owned).
+
+    Headless (`clusterIP: None`): DNS answers with the pods themselves, and `<job>-<i>.<service>` names pod i
+    through the pods' `subdomain`. Not-ready addresses are published: workers resolve each other while
+    starting, before any of them could be ready.
+    """
+    meta = transferjob["metadata"]
+    run_labels = labels(meta["name"], run)
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(meta["name"], run),
+            "namespace": meta["namespace"],
+            "labels": run_labels,
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_TRANSFERJOB: meta["name"], LABEL_RUN: str(run)},
+            "ports": [
+                {
+                    "name": runtime.WORKER_PORT_NAME,
+                    "port": runtime.WORKER_PORT,
+                    "targetPort": runtime.WORKER_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    kopf.adopt(body, owner=transferjob)  # type: ignore[arg-type]
+    return body
+
+
+def _worker_env(name: str, run: int, workers: int) -> list[dict[str, Any]]:
+    """What a worker needs to find the others (its own index comes from JOB_COMPLETION_INDEX)."""
+    return [
+        {"name": runtime.ENV_WORKERS, "value": str(workers)},
+        {"name": runtime.ENV_JOB_NAME, "value": job_name(name, run)},
+        {"name": runtime.ENV_WORKER_SERVICE, "value": service_name(name, run)},
+        {"name": runtime.ENV_WORKER_PORT, "value": str(runtime.WORKER_PORT)},
+    ]
+
+
 def _env(spec: TransferJobSpec, uid: str, generation: int, log_format: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": runtime.ENV_SPEC_PATH, "value": f"{runtime.SPEC_MOUNT_DIR}/{runtime.SPEC_FILE_NAME}"},
@@ -239,6 +295,22 @@ def _pod_failure_policy() -> dict[str, Any]:
     }
 
 
+def _scheduling_fields(scheduling: SchedulingSpec) -> dict[str, Any]:
+    """The pod spec's placement fields from `spec.scheduling` (only those the spec sets)."""
+    fields: dict[str, Any] = {}
+    if scheduling.node_selector:
+        fields["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        fields["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
+        ]
+    if scheduling.affinity:
+        fields["affinity"] = dict(scheduling.affinity)
+    if scheduling.priority_class_name:
+        fields["priorityClassName"] = scheduling.priority_class_name
+    return fields
+
+
 def render_job(
     transferjob: Mapping[str, Any],
     run: int,
@@ -266,15 +338,21 @@ def render_job(
     job_labels = dict(run_labels)
     if spec.scheduling.queue_name:
         job_labels[LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
+    workers = spec.workers
+    env = _env(spec, meta["uid"], generation, config.log_format)
+    ports = [{"name": runtime.PROGRESS_PORT_NAME, "containerPort": runtime.PROGRESS_PORT, "protocol": "TCP"}]
+    if workers > 1:
+        env += _worker_env(name, run, workers)
+        ports.append(
+            {"name": runtime.WORKER_PORT_NAME, "containerPort": runtime.WORKER_PORT, "protocol": "TCP"}
+        )
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": config.command_for(image),
-        "env": _env(spec, meta["uid"], generation, config.log_format),
-        "ports": [
-            {"name": runtime.PROGRESS_PORT_NAME, "containerPort": runtime.PROGRESS_PORT, "protocol": "TCP"}
-        ],
+        "env": env,
+        "ports": ports,
         "resources": _resources(spec, config.gpu_resource),
         "securityContext": {
             "runAsNonRoot": True,
@@ -319,25 +397,20 @@ def render_job(
         "volumes": volumes,
     }
     scheduling = spec.scheduling
-    if scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
-    if scheduling.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
-        ]
-    if scheduling.affinity:
-        pod_spec["affinity"] = dict(scheduling.affinity)
-    if scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    pod_spec.update(_scheduling_fields(scheduling))
     if service_account := pod.service_account_name or config.service_account:
         pod_spec["serviceAccountName"] = service_account
     if pod.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": secret} for secret in pod.image_pull_secrets]
+    if workers > 1:
+        pod_spec["subdomain"] = service_name(name, run)  # worker i is <job>-<i>.<service>
     policy = spec.run_policy
     job_spec: dict[str, Any] = {
-        "completions": 1,
-        "parallelism": 1,
-        "backoffLimit": policy.backoff_limit,
+        "completions": workers,
+        "parallelism": workers,
+        # A failed worker takes the others down with it (their collectives abort): one retry of the pod set
+        # can fail every worker, so each of runPolicy.backoffLimit retries may use `workers` failures.
+        "backoffLimit": policy.backoff_limit * workers,
         # Kueue admits a queued Job by unsuspending it, so it is created suspended.
         "suspend": bool(policy.suspend or scheduling.queue_name),
         "podFailurePolicy": _pod_failure_policy(),
@@ -353,6 +426,8 @@ def render_job(
             "spec": pod_spec,
         },
     }
+    if workers > 1:
+        job_spec["completionMode"] = "Indexed"
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
     if policy.ttl_seconds_after_finished is not None:

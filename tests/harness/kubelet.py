@@ -32,9 +32,18 @@ gets its own loopback address 127.0.0.N as `podIP`, exported as `KUBEGRAFT_PROGR
 serve the same progress port; `KUBEGRAFT_TERMINATION_LOG` points at the pod's termination message file, whose
 content becomes `containerStatuses[].state.terminated.message`. Pod stdout+stderr go to `log_path(pod)`.
 
+Indexed Jobs (`completionMode: Indexed`) run one pod per index as the real controller does: pod
+`<job>-<index>-<random>` with the `batch.kubernetes.io/job-completion-index` annotation and label,
+`JOB_COMPLETION_INDEX` in every container's env, hostname `<job>-<index>`; a failed index is replaced
+(after the back-off, within `backoffLimit`), a succeeded one is done, `status.completedIndexes` lists them and
+the Job completes when every index has succeeded. Cluster DNS is not emulated: for a pod in a `subdomain`,
+the kubelet stands in for it through `KUBEGRAFT_TEST_ADDRESSES` (`kubegraft.runtime.ENV_TEST_ADDRESSES`), a
+JSON object mapping each `<job>-<i>.<subdomain>:<containerPort>` of the Job to a free `127.0.0.1` port, the
+same for all of the Job's pods and retries (every process here shares one network namespace).
+
 Limits: one container per pod is run (init containers and sidecars are not); `restartPolicy: OnFailure` is
-treated as `Never`; no probes (a running container is ready); completions/parallelism beyond 1 are honoured
-only as counts (no indexed Jobs); pod backoff between retries is `pod_backoff_seconds` (real: 10 s doubling).
+treated as `Never`; no probes (a running container is ready); non-indexed completions/parallelism beyond 1 are
+honoured only as counts; pod backoff between retries is `pod_backoff_seconds` (real: 10 s doubling).
 """
 
 from __future__ import annotations
@@ -54,13 +63,18 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from kubegraft.runtime import PROGRESS_PORT
+from kubegraft.runtime import (
+    ANNOTATION_COMPLETION_INDEX,
+    ENV_COMPLETION_INDEX,
+    ENV_TEST_ADDRESSES,
+    PROGRESS_PORT,
+)
 
 JsonObj = dict[str, Any]
 ImagePredicate = Callable[[str], bool]
@@ -194,6 +208,7 @@ class TestKubelet:
         self._gpus_used = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._pods_by_owner: dict[str, set[tuple[str, str]]] = {}  # owner uid -> pod keys (may be stale)
+        self._addresses: dict[str, dict[str, str]] = {}  # job uid -> stand-in DNS of its indexed pods
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -562,12 +577,21 @@ class TestKubelet:
         ):
             fail_reason = ("DeadlineExceeded", "Job was active longer than specified deadline")
         completions = int(spec.get("completions", 1) or 1)
+        indexed = spec.get("completionMode") == "Indexed"
+        done_indexes = {_index(p) for p in pods if p.get("status", {}).get("phase") == "Succeeded"}
+        if indexed:
+            status["completedIndexes"] = _index_ranges(i for i in done_indexes if i is not None)
+        succeeded_enough = (
+            len(done_indexes & set(range(completions))) >= completions
+            if indexed
+            else status.get("succeeded", 0) >= completions
+        )
         if fail_reason is not None:
             await self._delete_pods(active)
             active = []
             _set_job_condition(conditions, "FailureTarget", "True", *fail_reason)
             _set_job_condition(conditions, "Failed", "True", *fail_reason)
-        elif status.get("succeeded", 0) >= completions:
+        elif succeeded_enough:
             await self._delete_pods(active)
             active = []
             _set_job_condition(
@@ -596,11 +620,19 @@ class TestKubelet:
                 _set_job_condition(conditions, "Suspended", "False", "JobResumed", "Job resumed")
             status.setdefault("startTime", _now())
             parallelism = int(spec.get("parallelism", 1) if spec.get("parallelism") is not None else 1)
-            wanted = min(parallelism, completions - status.get("succeeded", 0)) - len(active)
             since_failure = time.monotonic() - self._last_failure.get(uid, 0.0)
-            if wanted > 0 and since_failure >= self.pod_backoff_seconds:
-                for _ in range(wanted):
-                    active.append(await self._create_pod(job))
+            if indexed:
+                running = {_index(p) for p in active}
+                missing = [i for i in range(completions) if i not in done_indexes | running]
+                wanted = min(len(missing), parallelism - len(active))
+                if wanted > 0 and since_failure >= self.pod_backoff_seconds:
+                    for index in missing[:wanted]:
+                        active.append(await self._create_pod(job, index))
+            else:
+                wanted = min(parallelism, completions - status.get("succeeded", 0)) - len(active)
+                if wanted > 0 and since_failure >= self.pod_backoff_seconds:
+                    for _ in range(wanted):
+                        active.append(await self._create_pod(job))
         status["active"] = len(active)
         status["ready"] = sum(1 for p in active if p.get("status", {}).get("phase") == "Running")
         status["terminating"] = 0
@@ -623,12 +655,22 @@ class TestKubelet:
             with contextlib.suppress(ApiCallError):
                 await self._api("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
 
-    async def _create_pod(self, job: JsonObj) -> JsonObj:
+    async def _create_pod(self, job: JsonObj, index: int | None = None) -> JsonObj:
+        """A pod from the Job's template (of completion index `index` for an Indexed Job)."""
         namespace, name = _key(job)
         uid = job["metadata"]["uid"]
         template = json.loads(json.dumps(job["spec"]["template"]))
         meta = template.get("metadata", {}) or {}
         labels = dict(meta.get("labels") or {})
+        annotations = dict(meta.get("annotations") or {})
+        pod_spec = template.get("spec", {})
+        if index is not None:
+            labels[ANNOTATION_COMPLETION_INDEX] = annotations[ANNOTATION_COMPLETION_INDEX] = str(index)
+            pod_spec["hostname"] = f"{name}-{index}"
+            field = {"fieldPath": f"metadata.annotations['{ANNOTATION_COMPLETION_INDEX}']"}
+            for container in pod_spec.get("containers") or []:
+                env = container.setdefault("env", [])
+                env.insert(0, {"name": ENV_COMPLETION_INDEX, "valueFrom": {"fieldRef": field}})
         labels.update(
             {
                 "job-name": name,
@@ -638,14 +680,15 @@ class TestKubelet:
             }
         )
         suffix = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+        stem = name if index is None else f"{name}-{index}"
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{name}-{suffix}",
+                "name": f"{stem}-{suffix}",
                 "namespace": namespace,
                 "labels": labels,
-                "annotations": dict(meta.get("annotations") or {}),
+                "annotations": annotations,
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -657,7 +700,7 @@ class TestKubelet:
                     }
                 ],
             },
-            "spec": template.get("spec", {}),
+            "spec": pod_spec,
         }
         created: JsonObj = await self._api("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
         self._remember(self._pods, created)
@@ -1011,8 +1054,11 @@ class TestKubelet:
             "HOME": str(runtime.dir),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
-            "HOSTNAME": runtime.name,
+            "HOSTNAME": pod.get("spec", {}).get("hostname") or runtime.name,
         }
+        addresses = self._stand_in_dns(pod)
+        if addresses:
+            env[ENV_TEST_ADDRESSES] = json.dumps(addresses, sort_keys=True)
         env.update(self.pod_env)
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
@@ -1030,6 +1076,34 @@ class TestKubelet:
         cwd = Path(rewrite(container["workingDir"])) if container.get("workingDir") else runtime.dir
         cwd.mkdir(parents=True, exist_ok=True)
         return env, argv, cwd
+
+    def _stand_in_dns(self, pod: JsonObj) -> dict[str, str]:
+        """For an Indexed Job's pod in a subdomain: `<job>-<i>.<subdomain>:<port>` -> a free loopback port.
+
+        One map per Job, made when its first pod starts and kept for its retries, so every worker of every
+        attempt finds the others at the same addresses.
+        """
+        subdomain = pod.get("spec", {}).get("subdomain")
+        owner = next(
+            (r for r in pod["metadata"].get("ownerReferences") or [] if r.get("kind") == "Job"), None
+        )
+        job = self._jobs.get((pod["metadata"].get("namespace", ""), owner["name"])) if owner else None
+        if not subdomain or job is None or job.get("spec", {}).get("completionMode") != "Indexed":
+            return {}
+        uid = job["metadata"]["uid"]
+        if uid not in self._addresses:
+            name, completions = job["metadata"]["name"], int(job["spec"].get("completions") or 1)
+            ports = [
+                int(p["containerPort"])
+                for c in job["spec"]["template"]["spec"].get("containers") or []
+                for p in c.get("ports") or []
+            ]
+            self._addresses[uid] = {
+                f"{name}-{i}.{subdomain}:{port}": f"127.0.0.1:{_free_port()}"
+                for i in range(completions)
+                for port in ports
+            }
+        return self._addresses[uid]
 
     @staticmethod
     async def _key_ref_value(
@@ -1176,3 +1250,32 @@ def _port_free(ip: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _index(pod: JsonObj) -> int | None:
+    """An Indexed Job pod's completion index (its annotation), or None."""
+    value = (pod.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)
+    return int(value) if value is not None else None
+
+
+def _index_ranges(indexes: Iterable[int]) -> str:
+    """`status.completedIndexes` as the Job controller writes it: sorted, runs collapsed (`0-2,5`)."""
+    ordered = sorted(set(indexes))
+    parts: list[str] = []
+    start = prev = None
+    for i in [*ordered, None]:
+        if i is not None and prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = i
+    return ",".join(parts)

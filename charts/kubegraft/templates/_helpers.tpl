@@ -130,6 +130,11 @@ one Role per watched namespace. No Secrets: training pods read S3 credentials th
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# The headless Service of a multi-worker run (spec.workers > 1): created once (409 = there), deleted with a
+# replaced run; never read or watched.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "delete"]
 # Events on TransferJobs (kopf posts them through either API).
 - apiGroups: [""]
   resources: ["events"]

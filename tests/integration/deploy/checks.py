@@ -16,6 +16,7 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/status"): {"get"},
     ("", "configmaps"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "services"): {"create", "delete"},  # a multi-worker run's headless Service (create; delete on stop)
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
@@ -182,3 +183,14 @@ def kopf_run_parses(argv: list[str]) -> None:
         run.make_context("run", argv[4:])
     except click.UsageError as exc:  # what `kopf run` would report before exiting 2
         pytest.fail(f"kopf run refuses {argv[4:]}: {exc.format_message()}")
+
+
+def assert_worker_port_rule(rule: Mapping[str, Any], trainer_labels: Mapping[str, str]) -> None:
+    """The multi-worker ingress rule: the worker port from training pods of the namespace, nothing else."""
+    from kubegraft.runtime import WORKER_PORT
+
+    assert [p["port"] for p in rule["ports"]] == [WORKER_PORT]
+    [source] = rule["from"]
+    assert "namespaceSelector" not in source  # the policy's own namespace only
+    assert selector_matches(source["podSelector"], trainer_labels)
+    assert not selector_matches(source["podSelector"], {"app.kubernetes.io/component": "trainer"})

@@ -22,6 +22,7 @@ from tests.integration.deploy.checks import (
     NAMESPACED_RULES,
     VIEWER_RULES,
     aggregated_rules,
+    assert_worker_port_rule,
     by_kind,
     env_of,
     granted,
@@ -263,8 +264,9 @@ def test_trainer_network_policies_admit_the_operator_to_the_progress_port(helm_t
     ]
     assert {p["metadata"]["namespace"] for p in trainer_policies} == {"team-a", "team-b", "team-c"}
     for policy in trainer_policies:
-        [rule] = policy["spec"]["ingress"]
+        rule, workers = policy["spec"]["ingress"]
         assert [p["port"] for p in rule["ports"]] == [PROGRESS_PORT]
+        assert_worker_port_rule(workers, _trainer_pod_labels())
         assert any(
             selector_matches(s["podSelector"], operator_labels)
             and selector_matches(s["namespaceSelector"], {"kubernetes.io/metadata.name": RELEASE_NAMESPACE})

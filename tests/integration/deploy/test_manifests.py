@@ -22,6 +22,7 @@ from tests.integration.deploy.checks import (
     NAMESPACED_RULES,
     VIEWER_RULES,
     aggregated_rules,
+    assert_worker_port_rule,
     by_kind,
     env_of,
     granted,
@@ -233,8 +234,9 @@ def test_trainer_network_policy_admits_the_operator_and_prometheus_to_port_9090(
         0
     ]
     assert selector_matches(policy["spec"]["podSelector"], _trainer_pod_labels())
-    [rule] = policy["spec"]["ingress"]
+    rule, workers = policy["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [9090]
+    assert_worker_port_rule(workers, _trainer_pod_labels())
     operator_labels = one(kustomized, "Deployment")["spec"]["template"]["metadata"]["labels"]
     sources = rule["from"]
     assert any(
@@ -282,3 +284,21 @@ def test_trainer_network_policy_kustomization_renders_into_any_namespace() -> No
     assert policy["kind"] == "NetworkPolicy"
     # No namespace of its own: `kubectl apply -n <namespace> -k` puts it where the TransferJobs run.
     assert "namespace" not in policy["metadata"]
+
+
+def test_a_multi_worker_run_renders_an_indexed_job_and_service_a_real_api_server_admits() -> None:
+    from kubegraft.manifests import load_manifest
+    from kubegraft_operator.config import OperatorConfig
+    from kubegraft_operator.rendering import render_job, render_service
+
+    example = load_manifest((MANIFESTS / "examples" / "multi-worker.yaml").read_text("utf-8"))
+    example["metadata"]["uid"] = "0b5e7d3c-1111-4222-8333-444455556666"
+    job = render_job(example, 1, 1, OperatorConfig(trainer_image="registry.example/trainer:1"))
+    service = render_service(example, 1)
+    for body in (job, service):
+        assert validation_errors(body) == [], body["kind"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+    assert selector_matches(
+        {"matchLabels": service["spec"]["selector"]}, job["spec"]["template"]["metadata"]["labels"]
+    )

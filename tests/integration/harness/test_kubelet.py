@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,8 @@ import pytest
 
 from tests.harness.cluster import Cluster
 from tests.harness.kubelet import OOM_ANNOTATION
+
+INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +340,61 @@ def test_scheduler_checks_taints_then_node_selector(tmp_path: Path) -> None:
         elsewhere = cluster.wait_for(lambda: scheduling_message("elsewhere"), timeout=10)
         assert "didn't match Pod's node affinity/selector" in elsewhere
         assert cluster.wait_for(lambda: job_condition(cluster, "fits"), timeout=15)["type"] == "Complete"
+
+
+def test_indexed_job_runs_one_pod_per_index_with_its_index_hostname_and_stand_in_dns(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "indexed"
+    out.mkdir()
+    script = (
+        "import json, os, pathlib;"
+        f"d = pathlib.Path({str(out)!r});"
+        "i = os.environ['JOB_COMPLETION_INDEX'];"
+        "(d / i).write_text(json.dumps([os.environ['HOSTNAME'], os.environ['KUBEGRAFT_TEST_ADDRESSES']]))"
+    )
+    body = job(
+        "idx",
+        script,
+        completions=2,
+        parallelism=2,
+        completionMode="Indexed",
+        pod={"subdomain": "idx"},
+        container={"ports": [{"name": "worker", "containerPort": 2222}]},
+    )
+    cluster.apply(body)
+    cond = cluster.wait_for(lambda: job_condition(cluster, "idx"), timeout=30)
+    assert cond["type"] == "Complete"
+    pods = pods_of(cluster, "idx")
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == [
+        "0",
+        "1",
+    ]
+    assert all(p["metadata"]["name"].startswith(f"idx-{p['metadata']['labels'][INDEX]}-") for p in pods)
+    seen = {i: json.loads((out / i).read_text()) for i in ("0", "1")}
+    assert [seen[i][0] for i in ("0", "1")] == ["idx-0", "idx-1"]
+    addresses = json.loads(seen["0"][1])
+    assert seen["1"][1] == seen["0"][1]  # one map for every worker of the Job
+    assert sorted(addresses) == ["idx-0.idx:2222", "idx-1.idx:2222"]
+    assert len(set(addresses.values())) == 2
+    assert all(a.startswith("127.0.0.1:") for a in addresses.values())
+    status = cluster.get("batch/v1", "jobs", "idx")["status"]  # type: ignore[index]
+    assert (status["succeeded"], status["completedIndexes"]) == (2, "0-1")
+
+
+def test_a_failed_index_alone_is_replaced_with_the_same_index(cluster: Cluster, tmp_path: Path) -> None:
+    marker = tmp_path / "index-1-failed"
+    script = (
+        f"import os, pathlib; m = pathlib.Path({str(marker)!r});"
+        "first = os.environ['JOB_COMPLETION_INDEX'] == '1' and not m.exists(); m.touch() if first else None;"
+        "raise SystemExit(1 if first else 0)"
+    )
+    cluster.apply(
+        job("idxretry", script, completions=2, parallelism=2, completionMode="Indexed", backoffLimit=1)
+    )
+    cond = cluster.wait_for(lambda: job_condition(cluster, "idxretry"), timeout=30)
+    assert cond["type"] == "Complete"
+    indexes = [p["metadata"]["labels"][INDEX] for p in pods_of(cluster, "idxretry")]
+    assert sorted(indexes) == ["0", "1", "1"]
+    status = cluster.get("batch/v1", "jobs", "idxretry")["status"]  # type: ignore[index]
+    assert (status["failed"], status["succeeded"], status["completedIndexes"]) == (1, 2, "0-1")

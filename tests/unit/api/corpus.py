@@ -112,6 +112,9 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
     "strategy-stages-with-stages": _variant(_spec(strategy="stages", stages=[{"name": "a"}])),
     "strategy-stages-with-linear": _variant(_spec(strategy="stages", classifier="linear")),
     "linear-then-finetune": _variant(_spec(classifier="linear", stages=[{"name": "ft", "trainable": 20}])),
+    "workers-with-stages": _variant(_spec(workers=2, stages=[{"name": "a"}])),
+    "workers-with-strategy-stages": _variant(_spec(workers=64, strategy="stages")),
+    "workers-with-linear": _variant(_spec(workers=3, classifier="linear")),
     "cpu-as-integer": _variant(_spec(resources={"cpu": 4, "memory": 17179869184})),
     "cpu-millicores": _variant(_spec(resources={"cpu": "500m", "memory": "512Mi", "gpus": 0})),
     "file-and-plain-paths": _variant(
