@@ -111,6 +111,9 @@ class TrainingProgress(ApiModel):
     )
     images: ImageCounts = Field(default_factory=ImageCounts, description="Image counts by split.")
     images_per_second: float | None = Field(None, ge=0, description="Training throughput of the last epoch.")
+    images_trained: int = Field(
+        0, ge=0, description="Training images processed so far in this run, over all stages (only grows)."
+    )
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of the run.")
     recipe: str | None = Field(None, description="The recipe in short form.")
     notices: list[Notice] = Field(

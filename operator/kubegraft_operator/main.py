@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from kubegraft.spec import GROUP, PLURAL, VERSION
-from kubegraft_operator import metrics
+from kubegraft_operator import metrics, standby
 from kubegraft_operator.config import ENV_PEERING_PRIORITY, load_config, progress_interval
 from kubegraft_operator.kube import Kube, load_api_client
 from kubegraft_operator.observation import JobView, PodView, observe_job, observe_pod
@@ -100,6 +100,8 @@ async def startup(
     # older one (whose missing "handled" annotations would re-run the creation handler). The default 5 s
     # is shorter than the watch lag of a loaded API server; status writes ride on kopf's patch as well.
     settings.persistence.consistency_timeout = 30
+    # A standby replica (kopf peering paused it) exports no per-TransferJob series: they would freeze.
+    standby.watch_kopf_peering()
     # Routine per-object INFO lines ("Handler 'x' succeeded.") only with --verbose.
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _RoutineToDebug) for f in handler.filters):
@@ -206,12 +208,16 @@ async def poll_progress(
     await _reconcile(memo, body, (namespace or "", name), kwargs, poll=True, patch=kwargs["patch"])
 
 
-def _is_deleted(*, type: str, **_: Any) -> bool:
-    return type == "DELETED"
+@kopf.on.event(*TRANSFERJOBS)
+async def transferjob_event(
+    *, type: str | None, status: kopf.Status, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
+) -> None:
+    """Deleted: forget the TransferJob's metric series and cached state. Otherwise: export its phase.
 
-
-@kopf.on.event(*TRANSFERJOBS, when=_is_deleted)
-async def transferjob_deleted(*, namespace: str | None, name: str, uid: str, memo: Any, **_: Any) -> None:
-    """Forget a deleted TransferJob: its metric series and cached state (other events never call this)."""
-    metrics.forget(namespace or "", name)
-    memo.reconciler.forget(uid)
+    After a standby (`standby.py`) kopf lists every TransferJob again, and this brings their series back.
+    """
+    if type == "DELETED":
+        metrics.forget(namespace or "", name)
+        memo.reconciler.forget(uid)
+    elif phase := status.get("phase"):
+        metrics.record_phase(namespace or "", name, str(phase))

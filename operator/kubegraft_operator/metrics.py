@@ -2,12 +2,13 @@
 
 `reconcile` records each TransferJob's phase and its running trainer's progress here; `main`'s startup hook
 starts `serve()`. Labels are namespace and TransferJob names only: never spec contents, never secret values.
-Series of a deleted TransferJob are removed by `forget`.
+Series of a deleted TransferJob are removed by `forget`; `standby` removes every per-TransferJob series while
+kopf peering keeps this replica paused (`standby.py`), so only the working replica reports TransferJobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from kubegraft.runtime import NoticeReason, TrainingProgress
 
@@ -67,13 +70,10 @@ JOB_EPOCH = Gauge(
     "kubegraft_job_epoch", "Epoch within the current stage of a running job.", _JOB_LABELS, registry=REGISTRY
 )
 JOB_VAL_ACCURACY = Gauge(
-    "kubegraft_job_val_accuracy",
-    "Latest validation accuracy of a running job.",
+    "kubegraft_job_val_accuracy_ratio",
+    "Latest validation accuracy of a running job (0 to 1).",
     _JOB_LABELS,
     registry=REGISTRY,
-)
-JOB_IMAGES_PER_SECOND = Gauge(
-    "kubegraft_job_images_per_second", "Training throughput of a running job.", _JOB_LABELS, registry=REGISTRY
 )
 JOB_LAST_PROGRESS = Gauge(
     "kubegraft_job_last_progress_timestamp_seconds",
@@ -81,7 +81,38 @@ JOB_LAST_PROGRESS = Gauge(
     _JOB_LABELS,
     registry=REGISTRY,
 )
-_JOB_GAUGES: Final = (JOB_EPOCH, JOB_VAL_ACCURACY, JOB_IMAGES_PER_SECOND, JOB_LAST_PROGRESS)
+OPERATOR_ACTIVE = Gauge(
+    "kubegraft_operator_active",
+    "1 while this replica works, 0 while kopf peering keeps it on standby (it then exports no TransferJob).",
+    registry=REGISTRY,
+)
+OPERATOR_ACTIVE.set(1)
+_JOB_GAUGES: Final = (JOB_EPOCH, JOB_VAL_ACCURACY, JOB_LAST_PROGRESS)
+
+
+class _ImagesTrained(Collector):
+    """`kubegraft_job_images_total`: the trainer's own count of images trained, per running job.
+
+    A counter whose value comes from the trainer (`TrainingProgress.images_trained`), so it is exported as
+    read instead of incremented here; a new run starts again from 0, which `rate()` treats as a reset.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "kubegraft_job_images",
+            "Training images a running job has processed (rate() is its throughput).",
+            labels=_JOB_LABELS,
+        )
+        for (namespace, name), value in sorted(self.values.items()):
+            family.add_metric([namespace, name], value)
+        yield family
+
+
+JOB_IMAGES = _ImagesTrained()
+REGISTRY.register(JOB_IMAGES)
 
 _phases: dict[tuple[str, str], str] = {}
 _stages: dict[tuple[str, str], str] = {}
@@ -126,8 +157,7 @@ def record_progress(namespace: str, name: str, progress: TrainingProgress, polle
     JOB_EPOCH.labels(namespace=namespace, transferjob=name).set(progress.epoch)
     if "val_accuracy" in progress.metrics:
         JOB_VAL_ACCURACY.labels(namespace=namespace, transferjob=name).set(progress.metrics["val_accuracy"])
-    if progress.images_per_second is not None:
-        JOB_IMAGES_PER_SECOND.labels(namespace=namespace, transferjob=name).set(progress.images_per_second)
+    JOB_IMAGES.values[key] = float(progress.images_trained)
     JOB_LAST_PROGRESS.labels(namespace=namespace, transferjob=name).set(polled_at)
 
 
@@ -145,6 +175,7 @@ def record_notice(reason: str) -> None:
 
 
 def _clear_job(namespace: str, name: str) -> None:
+    JOB_IMAGES.values.pop((namespace, name), None)
     stage = _stages.pop((namespace, name), None)
     if stage is not None:
         JOB_STAGE_INFO.remove(namespace, name, stage)
@@ -163,6 +194,29 @@ def forget(namespace: str, name: str) -> None:
             TRANSFERJOB_PHASE.remove(namespace, name, phase)
         _count(before, -1)
     _clear_job(namespace, name)
+
+
+def standby() -> None:
+    """This replica stands by (kopf peering paused it): drop every per-TransferJob series and the counts.
+
+    A paused replica sees no events, so whatever it still exported would freeze at the moment it paused
+    (a Failed phase alerting forever, a deleted TransferJob never leaving). When it works again, kopf lists
+    every TransferJob anew and `record_phase` fills the series back in.
+    """
+    OPERATOR_ACTIVE.set(0)
+    for gauge in (TRANSFERJOB_PHASE, JOB_STAGE_INFO, *_JOB_GAUGES):
+        gauge.clear()
+    JOB_IMAGES.values.clear()
+    _phases.clear()
+    _stages.clear()
+    for phase in list(_counts):
+        _counts[phase] = 0
+        TRANSFERJOBS.labels(phase=phase).set(0)
+
+
+def active() -> None:
+    """This replica works again (kopf peering resumed it)."""
+    OPERATOR_ACTIVE.set(1)
 
 
 def render() -> bytes:

@@ -65,12 +65,18 @@ class ProgressTracker:
         self._completed = Gauge(
             "kubegraft_train_completed_epochs", "Epochs finished over all stages.", registry=r
         )
+        # Accuracies are ratios (0 to 1): Prometheus' naming rules give them the _ratio suffix.
         self._metric_gauges = {
-            name: Gauge(f"kubegraft_train_{name}", f"Last epoch's {name}.", registry=r)
+            name: Gauge(
+                f"kubegraft_train_{name}_ratio" if name.endswith("accuracy") else f"kubegraft_train_{name}",
+                f"Last epoch's {name}.",
+                registry=r,
+            )
             for name in _EPOCH_METRICS
         }
-        self._ips = Gauge(
-            "kubegraft_train_images_per_second", "Training throughput of the last epoch.", registry=r
+        # A Counter (kubegraft_train_images_total): rate() over it is the throughput.
+        self._images = Counter(
+            "kubegraft_train_images", "Training images processed in this run, all stages.", registry=r
         )
         # A Counter (exposed as kubegraft_train_images_skipped_total): skipped images only ever accumulate.
         self._skipped = Counter("kubegraft_train_images_skipped", "Images skipped as unreadable.", registry=r)
@@ -151,10 +157,15 @@ class ProgressTracker:
             recent = self._epoch_seconds[-3:]
             eta = (sum(recent) / len(recent)) * (remaining_here + later)
             self._epoch.set(epoch)
-            if ips is not None:
-                self._ips.set(ips)
+            self._images.inc(images)
+            trained = p.images_trained + images
         self.update(
-            epoch=epoch, completed_epochs=completed, metrics=metrics, images_per_second=ips, eta_seconds=eta
+            epoch=epoch,
+            completed_epochs=completed,
+            metrics=metrics,
+            images_per_second=ips,
+            eta_seconds=eta,
+            images_trained=trained,
         )
         parts = " ".join(f"{k}={float(logs[k]):.4f}" for k in _EPOCH_METRICS if k in logs)
         rate = f" {ips:.0f} img/s" if ips is not None else ""

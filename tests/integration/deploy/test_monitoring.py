@@ -412,18 +412,19 @@ def test_exposition_carries_help_and_type_for_every_contract_metric(exposition: 
         "kubegraft_reconcile_errors_total",
         "kubegraft_job_stage_info",
         "kubegraft_job_epoch",
-        "kubegraft_job_val_accuracy",
-        "kubegraft_job_images_per_second",
+        "kubegraft_job_val_accuracy_ratio",
+        "kubegraft_job_images_total",
+        "kubegraft_operator_active",
         "kubegraft_job_last_progress_timestamp_seconds",
         "kubegraft_train_stage_info",
         "kubegraft_train_epoch",
         "kubegraft_train_total_epochs",
         "kubegraft_train_completed_epochs",
         "kubegraft_train_loss",
-        "kubegraft_train_accuracy",
+        "kubegraft_train_accuracy_ratio",
         "kubegraft_train_val_loss",
-        "kubegraft_train_val_accuracy",
-        "kubegraft_train_images_per_second",
+        "kubegraft_train_val_accuracy_ratio",
+        "kubegraft_train_images_total",
         "kubegraft_train_images_skipped_total",
         "kubegraft_train_eta_seconds",
         "kubegraft_train_last_progress_timestamp_seconds",
@@ -437,3 +438,28 @@ def test_exposition_carries_help_and_type_for_every_contract_metric(exposition: 
 def test_promtool_accepts_the_exposition(exposition: str) -> None:
     result = run([find_tool("promtool"), "check", "metrics"], check=False, stdin=exposition)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _types(exposition: str) -> dict[str, str]:
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition, flags=re.MULTILINE))
+
+
+def test_rate_and_increase_take_only_counters(
+    rules: dict[str, Any], dashboard: dict[str, Any], exposition: str
+) -> None:
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    counters = {name for name, kind in _types(exposition).items() if kind == "counter"}
+    counters |= {f"{n}_bucket" for n, kind in _types(exposition).items() if kind == "histogram"}
+    rated = {m for e in exprs for m in re.findall(r"\b(?:rate|irate|increase)\(\s*(kubegraft_\w+)", e)}
+    assert "kubegraft_job_images_total" in rated  # the dashboard's throughput panel
+    assert rated - counters == set()
+
+
+def test_metric_names_follow_prometheus_conventions(exposition: str) -> None:
+    types = _types(exposition)
+    accuracy = [n for n in types if "accuracy" in n]
+    assert accuracy and [n for n in accuracy if not n.endswith("_ratio")] == []
+    assert [n for n in types if "per_second" in n] == []  # throughput is rate() of a counter
+    check = run([find_tool("promtool"), "check", "metrics"], check=False, stdin=exposition)
+    assert "should be" not in check.stdout + check.stderr  # promtool's naming lints

@@ -137,6 +137,7 @@ def main() -> None:
                         "loss": 1.0 / completed,
                     },
                     "images_per_second": 123.0,
+                    "images_trained": 100 * completed,
                 }
             )
             if mode == "nogain" and not state.notices:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from kubegraft.runtime import TrainingProgress
-from kubegraft_operator import metrics
+from kubegraft_operator import metrics, standby
 
 
 def _value(name: str, **labels: str) -> float | None:
@@ -33,18 +35,20 @@ def test_progress_series_exist_while_running_and_vanish_after() -> None:
             "epoch": 3,
             "metrics": {"val_accuracy": 0.7},
             "imagesPerSecond": 50,
+            "imagesTrained": 1200,
         }
     )
     metrics.record_progress("m2", "a", progress, 1000.0)
     assert _value("kubegraft_job_stage_info", namespace="m2", transferjob="a", stage="head") == 1
     assert _value("kubegraft_job_epoch", namespace="m2", transferjob="a") == 3
-    assert _value("kubegraft_job_val_accuracy", namespace="m2", transferjob="a") == 0.7
-    assert _value("kubegraft_job_images_per_second", namespace="m2", transferjob="a") == 50
+    assert _value("kubegraft_job_val_accuracy_ratio", namespace="m2", transferjob="a") == 0.7
+    assert _value("kubegraft_job_images_total", namespace="m2", transferjob="a") == 1200
     assert _value("kubegraft_job_last_progress_timestamp_seconds", namespace="m2", transferjob="a") == 1000.0
     metrics.record_progress("m2", "a", progress.model_copy(update={"stage": "finetune"}), 1005.0)
     assert _value("kubegraft_job_stage_info", namespace="m2", transferjob="a", stage="head") is None
     metrics.record_phase("m2", "a", "Succeeded")
     assert _value("kubegraft_job_epoch", namespace="m2", transferjob="a") is None
+    assert _value("kubegraft_job_images_total", namespace="m2", transferjob="a") is None
     assert _value("kubegraft_job_stage_info", namespace="m2", transferjob="a", stage="finetune") is None
     metrics.forget("m2", "a")
 
@@ -76,3 +80,50 @@ def test_exposition_names_every_documented_metric() -> None:
         "kubegraft_reconcile_errors_total",
     ):
         assert name in text
+
+
+def _kopf_peering_record(message: str) -> logging.LogRecord:
+    return logging.getLogger(standby.KOPF_PEERING_LOGGER).makeRecord(
+        standby.KOPF_PEERING_LOGGER, logging.INFO, __file__, 1, message, (), None
+    )
+
+
+def test_a_replica_put_on_standby_exports_no_transferjob_series_until_it_works_again() -> None:
+    metrics.record_phase("m4", "a", "Failed")
+    metrics.record_phase("m4", "b", "Running")
+    progress = TrainingProgress.model_validate({"state": "training", "stage": "head", "imagesTrained": 10})
+    metrics.record_progress("m4", "b", progress, 1000.0)
+    keep = standby.PeeringStateFilter().filter(
+        _kopf_peering_record("Pausing operations in favour of [<Peer kubegraft-2: priority=99>].")
+    )
+    assert keep is True  # the record is still logged
+    text = metrics.render().decode()
+    assert 'transferjob="' not in text  # no per-TransferJob series of any kind
+    assert _value("kubegraft_transferjobs", phase="Failed") == 0
+    assert _value("kubegraft_operator_active") == 0
+    standby.PeeringStateFilter().filter(_kopf_peering_record("Resuming operations after the pause. ..."))
+    assert _value("kubegraft_operator_active") == 1
+    metrics.record_phase("m4", "a", "Failed")  # kopf lists every TransferJob again after the pause
+    assert _value("kubegraft_transferjob_phase", namespace="m4", transferjob="a", phase="Failed") == 1
+    assert _value("kubegraft_transferjobs", phase="Failed") == 1
+    metrics.forget("m4", "a")
+
+
+def test_same_priority_pause_is_a_standby_too_and_other_kopf_lines_change_nothing() -> None:
+    metrics.record_phase("m5", "a", "Pending")
+    standby.PeeringStateFilter().filter(_kopf_peering_record("Keep-alive in 'kubegraft' cluster-wide: ok."))
+    assert _value("kubegraft_transferjob_phase", namespace="m5", transferjob="a", phase="Pending") == 1
+    standby.PeeringStateFilter().filter(_kopf_peering_record("Pausing all operators, including self: [...]"))
+    assert _value("kubegraft_transferjob_phase", namespace="m5", transferjob="a", phase="Pending") is None
+    metrics.active()
+
+
+def test_kopfs_peering_engine_still_logs_the_messages_standby_listens_for() -> None:
+    import inspect
+
+    from kopf._core.engines import peering
+
+    source = inspect.getsource(peering.process_peering_event)
+    assert peering.logger.name == standby.KOPF_PEERING_LOGGER
+    for prefix in (*standby.PAUSING, standby.RESUMING):
+        assert f'"{prefix}' in source, prefix

@@ -32,9 +32,13 @@ def test_epoch_updates_document_gauges_and_prints_one_line() -> None:
     assert progress.eta_seconds == pytest.approx(2.0 * 7)
     text = tracker.metrics_text().decode()
     assert 'kubegraft_train_stage_info{stage="head"} 1.0' in text
-    assert "kubegraft_train_val_accuracy 0.75" in text
+    assert "kubegraft_train_val_accuracy_ratio 0.75" in text
+    assert "kubegraft_train_images_total 100.0" in text
+    tracker.end_epoch(2, {"accuracy": 0.9}, 2.0, 100)
+    assert tracker.snapshot().images_trained == 200
+    assert "kubegraft_train_images_total 200.0" in tracker.metrics_text().decode()
     assert "kubegraft_train_last_progress_timestamp_seconds 1000.0" in text
-    assert out.getvalue().count("\n") == 1 and "[head] epoch 1/3" in out.getvalue()
+    assert out.getvalue().count("\n") == 2 and "[head] epoch 1/3" in out.getvalue()
 
 
 def test_stage_change_replaces_the_stage_info_series() -> None:
