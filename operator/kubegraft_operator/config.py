@@ -26,6 +26,7 @@ ENV_ALLOWED_IMAGES = "KUBEGRAFT_ALLOWED_IMAGES"
 ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 ENV_PROGRESS_INTERVAL = "KUBEGRAFT_PROGRESS_INTERVAL"
 ENV_PEERING_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
+ENV_TRAINER_RUN_AS_USER = "KUBEGRAFT_TRAINER_RUN_AS_USER"  # "" for none (OpenShift assigns a UID)
 ENV_LOG_FORMAT = runtime.ENV_LOG_FORMAT  # set by `kubegraft operator --log-format`; passed on to trainers
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubegraft/trainer:0.1.0"
@@ -33,6 +34,7 @@ DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("kubegraft", "train")
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_PROGRESS_INTERVAL = 5.0
+DEFAULT_RUN_AS_USER = 1000  # the trainer image's USER
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class OperatorConfig:
         progress_interval: seconds between /progress polls of a running trainer.
         progress_timeout: seconds one /progress poll may take.
         log_format: `text` or `json`, the operator's own log format, set on training pods too.
+        run_as_user: UID, GID and fsGroup of the training pods; None: none fixed (OpenShift's restricted SCC
+            assigns one from the namespace's range and refuses pods that name another).
     """
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
@@ -64,6 +68,7 @@ class OperatorConfig:
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     progress_timeout: float = 2.0
     log_format: str = "text"
+    run_as_user: int | None = DEFAULT_RUN_AS_USER
 
     def image_allowed(self, image: str) -> bool:
         """Whether a TransferJob may run `image` (its `spec.image`, or empty for the default)."""
@@ -129,6 +134,22 @@ def progress_interval(env: Mapping[str, str] | None = None) -> float:
     return value
 
 
+def run_as_user(env: Mapping[str, str]) -> int | None:
+    """KUBEGRAFT_TRAINER_RUN_AS_USER: unset 1000, empty None (no fixed UID), else a positive integer.
+
+    Raises:
+        ValueError: the variable is set to something else.
+    """
+    raw = env.get(ENV_TRAINER_RUN_AS_USER)
+    if raw is None:
+        return DEFAULT_RUN_AS_USER
+    if not raw.strip():
+        return None
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{ENV_TRAINER_RUN_AS_USER} must be a positive UID or empty, got {raw!r}")
+    return int(raw)
+
+
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     """Read the `OperatorConfig` from environment variables (defaults for those unset).
 
@@ -159,4 +180,5 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         metrics_port=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
         progress_interval=progress_interval(env),
         log_format=log_format_from_env(env).value,
+        run_as_user=run_as_user(env),
     )

@@ -35,7 +35,6 @@ LABEL_RUN = "kubegraft.io/run"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubegraft.io/spec-hash"
 ANNOTATION_GENERATION = "kubegraft.io/generation"
-RUN_AS_USER = 1000
 SPEC_VOLUME = "spec"
 SCRATCH_VOLUME = "scratch"
 TMP_VOLUME = "tmp"
@@ -269,6 +268,11 @@ def _env(spec: TransferJobSpec, uid: str, generation: int, log_format: str) -> l
     return env
 
 
+def _ids(uid: int | None, *fields: str) -> dict[str, int]:
+    """The fixed UID fields of a security context; none when `uid` is None (OpenShift picks the UID)."""
+    return {} if uid is None else dict.fromkeys(fields, uid)
+
+
 def _resources(spec: TransferJobSpec, gpu_resource: str) -> dict[str, Any]:
     amounts: dict[str, str] = {"cpu": str(spec.resources.cpu), "memory": str(spec.resources.memory)}
     if spec.resources.gpus > 0:
@@ -356,8 +360,7 @@ def render_job(
         "resources": _resources(spec, config.gpu_resource),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
+            **_ids(config.run_as_user, "runAsUser", "runAsGroup"),
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
@@ -388,9 +391,7 @@ def render_job(
         "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
+            **_ids(config.run_as_user, "runAsUser", "runAsGroup", "fsGroup"),
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

@@ -74,15 +74,24 @@ The operator's ServiceAccount name.
 {{- end }}
 {{- end }}
 
+{{- define "kubegraft.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
 {{/*
-Images; the tag defaults to the chart's appVersion.
+Images: `repository@digest` when a digest is set (the tag is then ignored), else `repository:tag` with the tag
+defaulting to the chart's appVersion.
 */}}
 {{- define "kubegraft.operatorImage" -}}
-{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
+{{- include "kubegraft.image" (dict "image" .Values.operator.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "kubegraft.trainerImage" -}}
-{{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
+{{- include "kubegraft.image" (dict "image" .Values.trainer.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{/*

@@ -336,6 +336,27 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
     "bad-interval": ({"metrics": {"podMonitor": {"interval": "soon"}}}, "interval", ("pattern",)),
     "top-level-typo": ({"watchNamespace": ["team-a"]}, "watchNamespace", ("additional", "Additional")),
     "bad-log-format": ({"operator": {"logFormat": "yaml"}}, "logFormat", ("one of",)),
+    "bad-digest": ({"operator": {"image": {"digest": "sha256:abc"}}}, "digest", ("pattern", "match")),
+    "bad-spread": (
+        {"operator": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]}},
+        "whenUnsatisfiable",
+        ("required", "missing"),
+    ),
+    "bad-security-context": (
+        {"operator": {"securityContext": {"runAsNonroot": True}}},
+        "runAsNonroot",
+        ("additional", "Additional"),
+    ),
+    "bad-scrape-timeout": (
+        {"metrics": {"serviceMonitor": {"scrapeTimeout": "soon"}}},
+        "scrapeTimeout",
+        ("pattern",),
+    ),
+    "bad-relabel-action": (
+        {"metrics": {"serviceMonitor": {"relabelings": [{"action": "delete"}]}}},
+        "action",
+        ("one of",),
+    ),
 }
 
 
@@ -469,14 +490,7 @@ def test_log_format_reaches_kopf_and_the_training_pods(
     container = _operator_container(helm_template("4", "--set", f"operator.logFormat={log_format}"))
     kopf_argv, env = operator_command(container["args"], monkeypatch)
     assert [a for a in kopf_argv if a.startswith("--log-format")] == [f"--log-format={kopf_format}"]
-    transferjob = {
-        "metadata": {"name": "flowers", "namespace": "ml", "uid": "u-1"},
-        "spec": {
-            "dataset": {"uri": "s3://bucket/flowers/"},
-            "output": {"uri": "s3://bucket/models/flowers/"},
-        },
-    }
-    job = render_job(transferjob, 1, 1, load_config(env))
+    job = render_job(_TRANSFERJOB, 1, 1, load_config(env))
     assert env_of(job["spec"]["template"]["spec"]["containers"][0])["KUBEGRAFT_LOG_FORMAT"] == log_format
 
 
@@ -487,3 +501,88 @@ def test_extra_args_take_kubegraft_and_kopf_run_options_as_documented(
     assert args[-2:] == ["--verbose", "--log-refkey=k8s"]
     kopf_argv, _ = operator_command(args, monkeypatch)  # kopf's own parser accepts the result
     assert {"--verbose", "--log-refkey=k8s", "--log-format=json"} <= set(kopf_argv)
+
+
+def _security_ids(pod: dict[str, Any]) -> dict[str, Any]:
+    contexts = [pod.get("securityContext", {}), *(c.get("securityContext", {}) for c in pod["containers"])]
+    ids = ("runAsUser", "runAsGroup", "fsGroup")
+    return {k: v for sc in contexts for k, v in sc.items() if k in ids}
+
+
+def test_defaults_fix_no_uid_so_openshift_can_assign_one_to_operator_and_training_pods(
+    helm_template: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubegraft_operator.config import load_config
+    from kubegraft_operator.rendering import render_job
+
+    container = _operator_container(helm_template("4"))
+    pod = one(helm_template("4"), "Deployment")["spec"]["template"]["spec"]
+    assert _security_ids(pod) == {}
+    assert restricted_pod_problems(pod) == []
+    _, env = operator_command(container["args"], monkeypatch)
+    env.update(env_of(container))
+    job = render_job(_TRANSFERJOB, 1, 1, load_config(env))
+    assert _security_ids(job["spec"]["template"]["spec"]) == {}
+    assert restricted_pod_problems({**job["spec"]["template"]["spec"], "containers": []}) == []
+
+
+def test_security_context_values_reach_the_operator_and_training_pods(
+    helm_template: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubegraft_operator.config import load_config
+    from kubegraft_operator.rendering import render_job
+
+    documents = helm_template("4", *VALUE_SETS["all-on"])
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    assert _security_ids(pod) == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+    env = env_of(_operator_container(documents))
+    job = render_job(_TRANSFERJOB, 1, 1, load_config(env))
+    assert _security_ids(job["spec"]["template"]["spec"]) == {
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+    }
+
+
+_TRANSFERJOB = {
+    "metadata": {"name": "flowers", "namespace": "ml", "uid": "u-1"},
+    "spec": {"dataset": {"uri": "s3://bucket/flowers/"}, "output": {"uri": "s3://bucket/models/flowers/"}},
+}
+
+
+def test_an_image_digest_replaces_the_tag(helm_template: Renderer) -> None:
+    digest = "sha256:" + "ab" * 32
+    documents = helm_template(
+        "4", "--set", f"operator.image.digest={digest}", "--set", f"trainer.image.digest={digest}"
+    )
+    container = _operator_container(documents)
+    assert container["image"] == f"ghcr.io/kubegraft/operator@{digest}"
+    assert env_of(container)["KUBEGRAFT_TRAINER_IMAGE"] == f"ghcr.io/kubegraft/trainer@{digest}"
+    all_on = _operator_container(helm_template("4", *VALUE_SETS["all-on"]))
+    assert all_on["image"] == "registry.example.com/ml/kubegraft-operator@sha256:" + "0123456789abcdef" * 4
+    assert env_of(all_on)["KUBEGRAFT_TRAINER_IMAGE"].endswith(":0.1.0-cuda12")  # no digest: the tag
+
+
+def test_topology_spread_constraints_select_the_operator_pods_unless_given_a_selector(
+    helm_template: Renderer,
+) -> None:
+    template = one(helm_template("4", *VALUE_SETS["all-on"]), "Deployment")["spec"]["template"]
+    zone, host = template["spec"]["topologySpreadConstraints"]
+    assert zone["topologyKey"] == "topology.kubernetes.io/zone"
+    assert selector_matches(zone["labelSelector"], template["metadata"]["labels"])
+    assert zone["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "kubegraft"
+    assert host["labelSelector"] == {"matchLabels": {"app.kubernetes.io/component": "operator"}}
+    assert (
+        "topologySpreadConstraints" not in one(helm_template("4"), "Deployment")["spec"]["template"]["spec"]
+    )
+
+
+def test_service_monitor_takes_relabelings_and_a_scrape_timeout(helm_template: Renderer) -> None:
+    [endpoint] = one(helm_template("4", *VALUE_SETS["all-on"]), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    [plain] = one(helm_template("4", "--set", "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")[
+        "spec"
+    ]["endpoints"]
+    assert not {"scrapeTimeout", "relabelings", "metricRelabelings"} & set(plain)

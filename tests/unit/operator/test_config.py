@@ -62,3 +62,34 @@ def test_the_running_job_timer_polls_at_the_configured_interval() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env
     )
     assert result.stdout.strip() == "[2.5]"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, 1000), ("", None), ("1000700000", 1000700000)])
+def test_training_pod_uid_defaults_to_the_images_and_can_be_left_to_the_platform(
+    raw: str | None, expected: int | None
+) -> None:
+    from kubegraft_operator.rendering import render_job
+
+    env = {} if raw is None else {"KUBEGRAFT_TRAINER_RUN_AS_USER": raw}
+    config = load_config(env)
+    assert config.run_as_user == expected
+    transferjob = {
+        "metadata": {"name": "a", "namespace": "ml", "uid": "u"},
+        "spec": {"dataset": {"uri": "s3://bucket/a/"}, "output": {"uri": "s3://bucket/m/"}},
+    }
+    pod = render_job(transferjob, 1, 1, config)["spec"]["template"]["spec"]
+    assert pod["securityContext"].get("runAsUser") == expected
+    assert pod["securityContext"].get("fsGroup") == expected
+    assert pod["containers"][0]["securityContext"].get("runAsUser") == expected
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("raw", ["root", "0", "-5"])
+def test_a_training_pod_uid_that_is_not_a_positive_number_refuses_to_start(raw: str) -> None:
+    with pytest.raises(ValueError, match="KUBEGRAFT_TRAINER_RUN_AS_USER"):
+        load_config({"KUBEGRAFT_TRAINER_RUN_AS_USER": raw})
+
+
+def test_a_log_format_the_operator_does_not_know_refuses_to_start() -> None:
+    with pytest.raises(ValueError, match="KUBEGRAFT_LOG_FORMAT must be one of text, json"):
+        load_config({"KUBEGRAFT_LOG_FORMAT": "xml"})
