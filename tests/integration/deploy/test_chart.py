@@ -6,8 +6,16 @@ admitted by a Kubernetes 1.35 API server (custom resources checked against their
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -586,3 +594,74 @@ def test_service_monitor_takes_relabelings_and_a_scrape_timeout(helm_template: R
         "spec"
     ]["endpoints"]
     assert not {"scrapeTimeout", "relabelings", "metricRelabelings"} & set(plain)
+
+
+def _helm_test_pod(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    [pod] = [d for d in by_kind(documents, "Pod") if d["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    return pod
+
+
+@contextlib.contextmanager
+def _operator_metrics_server(ready: bool) -> Iterator[int]:
+    """The operator's real /metrics and /readyz server (`metrics.serve`) on a free port, in a thread."""
+    from kubegraft_operator import metrics
+
+    loop = asyncio.new_event_loop()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    runner = loop.run_until_complete(metrics.serve(port, ready=lambda: ready, host="127.0.0.1"))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_helm_test_pod_asks_the_metrics_service_and_fails_when_the_operator_is_not_ready(
+    helm_template: Renderer,
+) -> None:
+    documents = helm_template("4", *VALUE_SETS["all-on"])
+    pod = _helm_test_pod(documents)
+    assert (
+        pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    )
+    [container] = pod["spec"]["containers"]
+    operator = one(documents, "Deployment")["spec"]["template"]["spec"]
+    assert container["image"] == operator["containers"][0]["image"]
+    assert container["securityContext"] == operator["containers"][0]["securityContext"]
+    assert pod["spec"]["securityContext"] == operator["securityContext"]
+    service = one(documents, "Service")
+    url = env_of(container)["KUBEGRAFT_METRICS_URL"]
+    port = service["spec"]["ports"][0]["port"]
+    assert url == f"http://{service['metadata']['name']}.{RELEASE_NAMESPACE}.svc:{port}"
+    # NetworkPolicy: the operator admits the test pod on its metrics port.
+    [policy] = [
+        p
+        for p in by_kind(documents, "NetworkPolicy")
+        if selector_matches(
+            p["spec"]["podSelector"], one(documents, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        )
+    ]
+    assert any(
+        "namespaceSelector" not in peer and selector_matches(peer["podSelector"], pod["metadata"]["labels"])
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+    )
+    # The pod's own command, run here against the operator's real metrics server.
+    assert container["command"][0] == "python"
+    command = [sys.executable, *container["command"][1:]]
+    for ready, succeeds in ((True, True), (False, False)):
+        with _operator_metrics_server(ready) as local:
+            env = {**os.environ, "KUBEGRAFT_METRICS_URL": f"http://127.0.0.1:{local}"}
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert (result.returncode == 0) is succeeds, result.stdout + result.stderr
+    assert "/readyz" in result.stderr  # a failing check says which endpoint failed
+
+
+def test_no_helm_test_pod_without_the_metrics_service(helm_template: Renderer) -> None:
+    assert by_kind(helm_template("4", "--set", "metrics.service.enabled=false"), "Pod") == []
