@@ -302,3 +302,63 @@ def test_a_multi_worker_run_renders_an_indexed_job_and_service_a_real_api_server
     assert selector_matches(
         {"matchLabels": service["spec"]["selector"]}, job["spec"]["template"]["metadata"]["labels"]
     )
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> list[dict[str, Any]]:
+    """`kubectl kustomize manifests/monitoring/`."""
+    return load_documents(run([find_tool("kubectl"), "kustomize", str(MANIFESTS / "monitoring")]).stdout)
+
+
+def test_monitoring_kustomization_gives_kustomize_users_the_charts_monitoring_objects(
+    monitoring: list[dict[str, Any]],
+) -> None:
+    assert sorted(d["kind"] for d in monitoring) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    problems = {f"{d['kind']}/{d['metadata']['name']}": validation_errors(d) for d in monitoring}
+    assert {k: v for k, v in problems.items() if v} == {}
+
+
+def test_kustomize_service_monitor_scrapes_the_metrics_service_the_alerts_name(
+    kustomized: list[dict[str, Any]], monitoring: list[dict[str, Any]]
+) -> None:
+    monitor, service = one(monitoring, "ServiceMonitor"), one(kustomized, "Service")
+    assert selector_matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["honorLabels"] is True
+    # prometheus-operator names the scrape job after the Service: the job KubegraftOperatorDown watches.
+    rules = one(monitoring, "PrometheusRule")["spec"]["groups"]
+    down = next(r for g in rules for r in g["rules"] if r.get("alert") == "KubegraftOperatorDown")
+    assert f'job="{service["metadata"]["name"]}"' in down["expr"]
+    deployment = one(kustomized, "Deployment")["metadata"]["name"]
+    assert all(
+        f"deploy/{deployment}`" in r["annotations"]["description"]
+        for g in rules
+        for r in g["rules"]
+        if "deploy/" in r["annotations"]["description"]
+    )
+
+
+def test_kustomize_pod_monitor_selects_training_pods_on_their_progress_port(
+    monitoring: list[dict[str, Any]],
+) -> None:
+    from kubegraft.runtime import PROGRESS_PORT_NAME
+
+    monitor = one(monitoring, "PodMonitor")
+    assert selector_matches(monitor["spec"]["selector"], _trainer_pod_labels())
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == PROGRESS_PORT_NAME
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+
+
+def test_kustomize_prometheus_rule_is_the_charts_alerts(tmp_path: Path) -> None:
+    from tests.integration.deploy.monitoring_manifests import OUTPUT, render
+
+    assert OUTPUT.read_text(encoding="utf-8") == render(find_tool("helm")), (
+        f"{OUTPUT} is stale: run `python -m tests.integration.deploy.monitoring_manifests`"
+    )
+    rules_file = tmp_path / "rules.yaml"
+    groups = load_documents(OUTPUT.read_text(encoding="utf-8"))[0]["spec"]["groups"]
+    rules_file.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    result = run([find_tool("promtool"), "check", "rules", str(rules_file)])
+    assert "SUCCESS" in result.stdout
