@@ -25,7 +25,8 @@ import kopf
 import yaml
 
 from kubegraft import runtime
-from kubegraft.spec import API_VERSION, KIND, SchedulingSpec, TransferJobSpec
+from kubegraft.scheduling import SchedulingSpec
+from kubegraft.spec import API_VERSION, KIND, TransferJobSpec
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 
@@ -304,8 +305,9 @@ def _scheduling_fields(scheduling: SchedulingSpec) -> dict[str, Any]:
         fields["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
         ]
-    if scheduling.affinity:
-        fields["affinity"] = dict(scheduling.affinity)
+    affinity = scheduling.affinity.model_dump(by_alias=True, exclude_none=True)
+    if affinity:
+        fields["affinity"] = affinity
     if scheduling.priority_class_name:
         fields["priorityClassName"] = scheduling.priority_class_name
     return fields

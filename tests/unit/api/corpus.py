@@ -129,8 +129,52 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
         _spec(
             scheduling={
                 "nodeSelector": {"pool": "gpu"},
-                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                "affinity": {"nodeAffinity": {"anything": [{"goes": 1}]}},
+                "tolerations": [
+                    {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"operator": "Exists"},
+                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "tolerationSeconds": 60},
+                ],
+                "priorityClassName": "batch-high",
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]},
+                                {
+                                    "matchFields": [
+                                        {"key": "metadata.name", "operator": "In", "values": ["n1"]}
+                                    ]
+                                },
+                            ]
+                        },
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 10,
+                                "preference": {
+                                    "matchExpressions": [
+                                        {"key": "example.com/cores", "operator": "Gt", "values": ["16"]},
+                                        {"key": "spot", "operator": "DoesNotExist"},
+                                    ]
+                                },
+                            }
+                        ],
+                    },
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "labelSelector": {
+                                        "matchLabels": {"app.kubernetes.io/name": "trainer"},
+                                        "matchExpressions": [{"key": "tier", "operator": "Exists"}],
+                                    },
+                                    "namespaces": ["ml"],
+                                    "topologyKey": "kubernetes.io/hostname",
+                                },
+                            }
+                        ]
+                    },
+                },
                 "queueName": "team-a",
             }
         )

@@ -140,9 +140,12 @@ def test_nested_objects_default_to_empty_so_their_children_defaults_apply() -> N
     assert "default" not in _at("spec.stages")
 
 
-def test_dicts_are_additional_properties_and_affinity_is_kept_as_is() -> None:
-    assert _at("spec.scheduling.nodeSelector")["additionalProperties"] == {"type": "string"}
-    assert _at("spec.scheduling.affinity")["x-kubernetes-preserve-unknown-fields"] is True
+def test_dicts_are_additional_properties_and_affinity_is_typed() -> None:
+    values = _at("spec.scheduling.nodeSelector")["additionalProperties"]
+    assert (values["type"], values["maxLength"]) == ("string", 63)
+    affinity = _at("spec.scheduling.affinity")
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
     assert _at("status.metrics")["additionalProperties"] == {"type": "number"}
 
 

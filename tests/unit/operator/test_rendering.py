@@ -24,6 +24,13 @@ from kubegraft_operator.rendering import (
 from tests.unit.operator.factories import BASE_SPEC, UID, transferjob, with_spec
 
 CONFIG = OperatorConfig(trainer_image="registry.example/trainer:1")
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+        }
+    }
+}
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
@@ -151,14 +158,14 @@ def test_scheduling_fields_are_copied_to_the_pod() -> None:
         scheduling={
             "nodeSelector": {"gpu": "a100"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "affinity": {"nodeAffinity": {"x": 1}},
+            "affinity": AFFINITY,
             "priorityClassName": "high",
         }
     )
     pod = render_job(transferjob(spec), 1, 1, CONFIG)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "a100"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert pod["affinity"] == AFFINITY
     assert pod["priorityClassName"] == "high"
 
 
