@@ -47,8 +47,12 @@ WEIGHTS_PATTERN = rf"^(imagenet|none|{_S3_URI}|{_FILE_URI}|{_PLAIN_PATH})$"
 # http(s)://host[:port][/path]: no credentials (@), query or fragment, no whitespace or control characters.
 ENDPOINT_PATTERN = r"^https?://[^\s/?#@\x00-\x1f\x7f]+(/[^\s?#\x00-\x1f\x7f]*)?$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-# A relative path whose segments are never '.' or '..' (nor start with '...'): cannot leave its base.
-_SAFE_SEGMENT = r"\.{0,2}[^./\s:\x00-\x1f\x7f?#][^/\s:\x00-\x1f\x7f?#]*"
+# A relative path without '..' segments: it cannot leave its base (the characters: no whitespace, ':', '?',
+# '#' or control characters). A segment is '.', or starts with a non-dot, one dot and a non-dot, or two dots
+# and anything more: everything except '..'.
+_SEGMENT_CHAR = r"[^/\s:\x00-\x1f\x7f?#]"
+_NON_DOT = r"[^./\s:\x00-\x1f\x7f?#]"
+_SAFE_SEGMENT = rf"(\.|\.?{_NON_DOT}{_SEGMENT_CHAR}*|\.\.{_SEGMENT_CHAR}+)"
 RELATIVE_PATH_PATTERN = rf"^{_SAFE_SEGMENT}(/{_SAFE_SEGMENT})*$"
 # A class name is a folder name: not '.', '..', no '/', no control characters, no leading space.
 CLASS_NAME_PATTERN = r"^\.{0,2}[^./\s\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$"

@@ -67,10 +67,12 @@ _BLOCKING_VALIDATORS = frozenset({"type", "required", "anyOf", "maxItems", "maxL
 _UNION_TAG = re.compile(r"^(int|str|float|bool|none|(list|dict|literal|function-\w+|nullable)\[.*\])$")
 # Values longer than this are shortened in messages: one error stays one readable line.
 _SHOWN_CHARS = 60
+_INT64 = (-(2**63), 2**63 - 1)  # the API server decodes JSON integers into int64
 MAX_MANIFEST_CHARS = MAX_MANIFEST_BYTES // 4  # shorter strings cannot exceed the byte limit in UTF-8
 # Documents validated per stream: each costs tens of milliseconds (CEL), so a file of thousands would take
 # minutes; a bigger bundle is split (`kubectl apply -f dir/`) or validated file by file.
 MAX_DOCUMENTS = 100
+MAX_REPORTED_ERRORS = 20  # per document: a file of 10^4 unknown keys gets a screenful, not 10^4 lines
 
 
 @dataclass(frozen=True, order=True)
@@ -153,7 +155,10 @@ def _metadata_errors(metadata: object) -> list[FieldError]:
 
 def _brief(value: object) -> str:
     """`repr(value)`, shortened to about `_SHOWN_CHARS` characters."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        return f"a {type(value).__name__} too long to show"
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
@@ -177,6 +182,8 @@ def json_errors(obj: object) -> list[FieldError]:
             stack.extend((child, _path(path, i), depth + 1) for i, child in enumerate(value))
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append(FieldError(path, f"must be a finite number, got {value}"))
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+            errors.append(FieldError(path, f"must fit in 64 bits, got {_brief(value)}"))
         elif not isinstance(value, str | int | float | bool) and value is not None:
             errors.append(FieldError(path, f"{type(value).__name__} is not a JSON value"))
     return sorted(errors)
@@ -546,26 +553,50 @@ def _file_error(source: str, index: int, exc: ManifestError) -> DocumentReport:
     return DocumentReport(source, index, "", errors=[FieldError("", exc.message)], position=exc.position)
 
 
+def _printable(errors: list[FieldError]) -> list[FieldError]:
+    """At most `MAX_REPORTED_ERRORS` errors, each path and message cut to a readable line."""
+
+    def cut(text: str, limit: int) -> str:
+        text = _one_line(text)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+    shown = [FieldError(cut(e.path, 160), cut(e.message, 400)) for e in errors[:MAX_REPORTED_ERRORS]]
+    if len(errors) > MAX_REPORTED_ERRORS:
+        shown.append(FieldError("", f"and {len(errors) - MAX_REPORTED_ERRORS} more errors"))
+    return shown
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters (newlines, escapes) written as Python escapes: one printable line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
 def _document_report(document: Any, source: str, index: int) -> DocumentReport:
     if not isinstance(document, Mapping):
-        kind = type(document).__name__
-        error = FieldError("", f"a manifest document must be a mapping (apiVersion, kind, ...), got a {kind}")
+        kind = _KINDS.get(type(document), type(document).__name__)
+        error = FieldError("", f"a manifest document must be a mapping (apiVersion, kind, ...), not {kind}")
         return DocumentReport(source, index, "", errors=[error])
     metadata = document.get("metadata")
-    name = (
+    name = _one_line(
         str(metadata.get("name") or metadata.get("generateName") or "")[:_SHOWN_CHARS]
         if isinstance(metadata, Mapping)
         else ""
     )
     if not is_transferjob(document):
-        kind = str(document.get("kind", "?"))[:_SHOWN_CHARS]
+        kind = _one_line(str(document.get("kind", "?"))[:_SHOWN_CHARS])
         return DocumentReport(source, index, f"{kind}/{name}" if name else kind, skipped=True)
     result = validate_object(document)
     errors = list(result.errors)
     if not errors:
         # What the CRD cannot express (map keys) the models check: the client is never weaker than admission.
         errors = validate_with_pydantic(document)
-    return DocumentReport(source, index, name, result=result, errors=errors)
+    return DocumentReport(source, index, name, result=result, errors=_printable(errors))
 
 
 def validate_documents(text: str | bytes, source: str) -> list[DocumentReport]:
@@ -579,17 +610,26 @@ def validate_documents(text: str | bytes, source: str) -> list[DocumentReport]:
         One report per non-empty document, then (if the stream breaks) one report of the file error at its
         line and column: documents before a syntax error are still validated.
     """
-    reports: list[DocumentReport] = []
-    index = 0
+    documents: list[Any] = []
+    broken: ManifestError | None = None
     try:
         stream = decode_manifest(text) if isinstance(text, bytes) else text
         if isinstance(text, str) and len(stream) > MAX_MANIFEST_CHARS:
             decode_manifest(stream.encode("utf-8", "surrogatepass"))
-        for index, document in enumerate(load_manifests(stream), start=1):
-            if index > MAX_DOCUMENTS:
-                raise ManifestError(f"more than {MAX_DOCUMENTS} documents in one stream: split the file")
-            if document is not None:
-                reports.append(_document_report(document, source, index))
+        # Read up to one document past the limit before validating any: a stream that is too long costs
+        # its parsing only.
+        for document in load_manifests(stream):
+            if len(documents) == MAX_DOCUMENTS:
+                too_many = ManifestError(f"more than {MAX_DOCUMENTS} documents in one stream: split the file")
+                return [_file_error(source, MAX_DOCUMENTS + 1, too_many)]
+            documents.append(document)
     except ManifestError as exc:
-        reports.append(_file_error(source, index + 1, exc))
+        broken = exc
+    reports = [
+        _document_report(document, source, number)
+        for number, document in enumerate(documents, start=1)
+        if document is not None
+    ]
+    if broken is not None:
+        reports.append(_file_error(source, len(documents) + 1, broken))
     return reports
