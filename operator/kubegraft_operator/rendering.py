@@ -46,7 +46,17 @@ TMP_DIR = "/tmp"  # an emptyDir mounted in the pod
 
 
 # libyaml's emitter when PyYAML has it: the pure-Python one costs ~20 ms a manifest, most of a reconcile.
-_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BASE_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BASE_DUMPER):  # type: ignore[valid-type,misc]  # a class chosen at import time
+    """Writes a value shared by two keys twice, never as an alias: the trainer's loader refuses aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_DUMPER: type[yaml.SafeDumper] = _Dumper
 
 
 def job_name(transferjob: str, run: int) -> str:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kubegraft import runtime
+from kubegraft.manifests import load_manifest
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 from kubegraft_operator.rendering import (
@@ -324,3 +325,12 @@ def test_a_job_with_every_pod_option_passes_kubernetes_strict_validation() -> No
     spec = with_spec(pod=POD_OPTIONS, scheduling={"queueName": "q"})
     job = render_job(transferjob(spec), 1, 1, CONFIG)
     kubernetes_validate.validate(job, "1.32.0", strict=True)
+
+
+def test_configmap_spec_writes_shared_values_out_for_the_trainers_alias_free_loader() -> None:
+    shared = {"uri": "s3://models/flowers/"}
+    body = transferjob(with_spec(output=shared, storage={}))
+    body["spec"]["storage"] = body["spec"]["output"]  # one object under two keys: safe_dump would alias it
+    text = render_configmap(body, 1)["data"][runtime.SPEC_FILE_NAME]
+    assert "&id" not in text
+    assert load_manifest(text)["spec"]["storage"] == shared
