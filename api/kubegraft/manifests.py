@@ -42,9 +42,9 @@ except ImportError:  # pragma: no cover - a PyYAML built without libyaml
 MAX_MANIFEST_BYTES = 1536 * 1024
 # Deeper than any TransferJob (affinity terms reach about 12 levels); keeps the recursive composer safe.
 MAX_DEPTH = 64
-# Nodes per document: a TransferJob at its bounds (10000 classes) holds about 10^4; refusing past this stops a
-# file of millions of tiny nodes early, since composing streams.
-MAX_NODES = 50_000
+# Values (YAML nodes) per stream: a TransferJob at its bounds (10000 classes) holds about 10^4, a bundle of
+# 100 ordinary ones about 10^4 too; composing streams, so a file of 10^5 tiny values stops here, early.
+MAX_NODES = 30_000
 
 _YAML12_FLOAT = re.compile(
     r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
@@ -109,7 +109,7 @@ class ManifestLoader(Composer, _Parser, SafeConstructor, Resolver):
         try:
             if self._nodes > MAX_NODES:
                 mark = self._mark()
-                raise ComposerError(None, None, f"more than {MAX_NODES} values in one document", mark)
+                raise ComposerError(None, None, f"more than {MAX_NODES} values in one stream", mark)
             if self._depth > MAX_DEPTH:
                 mark = self._mark()
                 raise ComposerError(None, None, f"nesting deeper than {MAX_DEPTH} levels", mark)
@@ -121,12 +121,6 @@ class ManifestLoader(Composer, _Parser, SafeConstructor, Resolver):
         """Where the next event starts (libyaml's marks are not PyYAML's type, only alike)."""
         event: Any = self.peek_event()
         return event.start_mark
-
-    def compose_document(self) -> Node | None:
-        """One document; the node count starts again for each."""
-        self._nodes = 0
-        node: Node | None = super().compose_document()
-        return node
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         """A mapping whose keys are strings, each once (kubectl's strict decoding rejects duplicates)."""
