@@ -105,10 +105,13 @@ ENDPOINT_RULES = (
     ),
     StringRule(r"[?#]", "must not have a query or fragment ('?', '#')", match=False),
     StringRule(
+        # link-local IPv4 | IPv6 link-local, AWS's metadata and IPv4-mapped link-local | metadata names |
+        # IPv4 in forms that resolvers read as other addresses: 1 to 3 numbers, octal or hex parts
         r"(?i)^https?://(169\.254\.[0-9.]*|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254|::ffff:(169\.254\.|a9fe:)"
-        r"[^\]]*)\]|metadata|metadata\.google\.internal\.?|(0x[0-9a-f]+|[0-9]+))(:[0-9]*)?(/|$)",
+        r"[^\]]*)\]|metadata|metadata\.google\.internal\.?|[0-9]+(\.[0-9]+){0,2}|([0-9a-fx]+\.){0,3}0[0-9x]"
+        r"[0-9a-fx.]*)(:[0-9]*)?(/|$)",
         "must not be a link-local or cloud metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254, "
-        "metadata.google.internal, or a bare-number IPv4)",
+        "metadata.google.internal) nor an IPv4 address written as fewer than four numbers or in octal or hex",
         match=False,
     ),
 )

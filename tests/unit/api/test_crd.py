@@ -239,6 +239,11 @@ _URI_SAMPLES = (
     "http://0xA9FEA9FE/",
     "https://s3.us-east-1.amazonaws.com",
     "https://169.254.example.com",
+    "http://0251.0376.0251.0376/",
+    "http://169.16689662/",
+    "http://127.1:9000",
+    "http://10.0.0.1:9000",
+    "http://0xdeadbeef.example.com/",
 )
 
 
