@@ -65,6 +65,24 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+def _read_manifest_file(file: str) -> bytes | None:
+    """The bytes of `file` ('-': stdin), at most one past the size limit; None (said why) if unreadable."""
+    import sys
+    from pathlib import Path
+
+    from kubegraft.manifests import MAX_MANIFEST_BYTES
+
+    try:
+        # One byte past the limit is enough to refuse a file (or a stream) that is too large.
+        if file == "-":
+            return sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+        with Path(file).open("rb") as handle:
+            return handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
+        return None
+
+
 @app.command()
 def validate(
     files: Annotated[
@@ -84,8 +102,6 @@ def validate(
     Every error names its file, document (1-based) and field path. Documents of other kinds are skipped.
     """
     import json
-    import sys
-    from pathlib import Path
 
     import yaml
 
@@ -94,13 +110,17 @@ def validate(
     failed = False
     valid: list[dict[str, Any]] = []
     for file in files:
-        try:
-            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
+        data = _read_manifest_file(file)
+        if data is None:
             failed = True
             continue
-        for report in validate_documents(text, file):
+        try:
+            reports = validate_documents(data, file)
+        except Exception as exc:  # a bug, not bad input: still one line and exit 1, never a traceback
+            typer.echo(f"{file}: cannot validate ({type(exc).__name__}): {str(exc)[:200]}", err=True)
+            failed = True
+            continue
+        for report in reports:
             if report.skipped:
                 typer.echo(f"{report.label}: skipped (not a kubegraft.io TransferJob)", err=True)
             elif report.ok:

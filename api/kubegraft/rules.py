@@ -9,6 +9,7 @@ Used by `kubegraft.spec` (models declare `__cel_rules__`) and `kubegraft.crd` (e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,3 +60,61 @@ class RuleCheckedModel(BaseModel):
 
 def _describe(rule: CelRule) -> str:
     return f"{rule.field_path.lstrip('.')}: {rule.message}" if rule.field_path else rule.message
+
+
+@dataclass(frozen=True)
+class StringRule:
+    """A regular-expression check on one string field: a CEL rule on the field's node and its Python twin.
+
+    RE2 (CEL's `matches`, unanchored like `re.search`) and Python's `re` agree on the plain patterns used here
+    (no `\\s`, no look-around), so one pattern serves both.
+
+    Attributes:
+        pattern: the regular expression, searched anywhere in the value (anchor it with ^ and $).
+        message: the sentence returned when the check fails.
+        match: True when the value must match, False when it must not.
+        prefix: apply only to values starting with this (e.g. ``s3://``); empty applies to all.
+    """
+
+    pattern: str
+    message: str
+    match: bool = True
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if "'" in self.pattern or "'" in self.prefix:
+            raise ValueError("a StringRule pattern is a CEL raw string: it cannot hold a single quote")
+
+    @property
+    def cel(self) -> str:
+        """The CEL expression over `self` (a string)."""
+        test = f"self.matches(r'{self.pattern}')"
+        if not self.match:
+            test = f"!{test}"
+        return f"!self.startsWith('{self.prefix}') || {test}" if self.prefix else test
+
+    def as_crd(self) -> dict[str, str]:
+        """The rule as an `x-kubernetes-validations` entry of the field."""
+        return {"rule": self.cel, "message": self.message}
+
+    def holds(self, value: str) -> bool:
+        """Whether `value` passes, as the CEL expression would decide."""
+        if self.prefix and not value.startswith(self.prefix):
+            return True
+        return (re.search(self.pattern, value) is not None) == self.match
+
+
+def string_rules(*rules: StringRule) -> tuple[dict[str, Any], Callable[[str], str]]:
+    """The `json_schema_extra` that puts `rules` on a field's CRD node, and the validator that runs them.
+
+    Use as ``Annotated[str, Field(json_schema_extra=extra), AfterValidator(check)]``; the validator raises
+    one ValueError naming every failed rule, so both paths report the same sentences.
+    """
+
+    def check(value: str) -> str:
+        failed = [rule.message for rule in rules if not rule.holds(value)]
+        if failed:
+            raise ValueError("; ".join(failed))
+        return value
+
+    return {"x-kubernetes-validations": [rule.as_crd() for rule in rules]}, check

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from kubegraft.spec import ApiModel
+from kubegraft.base import ApiModel
 from kubegraft.status import ImageCounts
 
 PROGRESS_PORT = 9090

@@ -17,7 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubegraft.rules import CelRule, RuleCheckedModel
+from kubegraft.base import ApiModel, unique
+from kubegraft.kube import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_MAX, DNS_SUBDOMAIN_PATTERN
+from kubegraft.rules import CelRule, StringRule, string_rules
+from kubegraft.scheduling import SchedulingSpec
 
 GROUP = "kubegraft.io"
 VERSION = "v1alpha1"
@@ -34,15 +37,90 @@ CATEGORIES = ("kubegraft", "ml")
 # A TransferJob's name is the stem of its Jobs ("<name>-<run>"), ConfigMaps and label values (<= 63 chars).
 MAX_NAME_LENGTH = 52
 
-_S3_URI = r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?"
-_FILE_URI = r"file://\S+"
-_PLAIN_PATH = r"[^\s:]+"
+# Characters of an s3:// key or file:// path: no whitespace, control characters, query or fragment.
+_URI_CHAR = r"[^\s?#\x00-\x1f\x7f]"
+_S3_URI = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](/{_URI_CHAR}*)?"
+_FILE_URI = rf"file://{_URI_CHAR}+"
+_PLAIN_PATH = r"[^\s:\x00-\x1f\x7f]+"
 STORAGE_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_PLAIN_PATH})$"
 WEIGHTS_PATTERN = rf"^(imagenet|none|{_S3_URI}|{_FILE_URI}|{_PLAIN_PATH})$"
-ENDPOINT_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+# http(s)://host[:port][/path]: no credentials (@), query or fragment, no whitespace or control characters.
+ENDPOINT_PATTERN = r"^https?://[^\s/?#@\x00-\x1f\x7f]+(/[^\s?#\x00-\x1f\x7f]*)?$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A relative path without '..' segments: it cannot leave its base (the characters: no whitespace, ':', '?',
+# '#' or control characters). A segment is '.', or starts with a non-dot, one dot and a non-dot, or two dots
+# and anything more: everything except '..'.
+_SEGMENT_CHAR = r"[^/\s:\x00-\x1f\x7f?#]"
+_NON_DOT = r"[^./\s:\x00-\x1f\x7f?#]"
+_SAFE_SEGMENT = rf"(\.|\.?{_NON_DOT}{_SEGMENT_CHAR}*|\.\.{_SEGMENT_CHAR}+)"
+RELATIVE_PATH_PATTERN = rf"^{_SAFE_SEGMENT}(/{_SAFE_SEGMENT})*$"
+# A class name is a folder name: not '.', '..', no '/', no control characters, no leading space.
+CLASS_NAME_PATTERN = r"^\.{0,2}[^./\s\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$"
+REGION_PATTERN = r"^[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$"
+IMAGE_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._/:@-]*)?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a Secret data key
+MAX_INT32 = 2**31 - 1
+
+_S3_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+# S3's bucket rules beyond the pattern (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html)
+# and the key rules that keep a URI inside its bucket and prefix.
+S3_URI_RULES = (
+    StringRule(
+        rf"^s3://{_S3_LABEL}(\.{_S3_LABEL})*(/|$)",
+        "the bucket name must be S3-valid: lowercase letters, digits and '-', with single dots between "
+        "parts that start and end with a letter or digit (no '..')",
+        prefix="s3://",
+    ),
+    StringRule(r"^s3://[^/]{3,63}(/|$)", "the bucket name must be 3 to 63 characters", prefix="s3://"),
+    StringRule(
+        r"^s3://[0-9]+(\.[0-9]+){3}(/|$)",
+        "the bucket name must not look like an IP address",
+        match=False,
+        prefix="s3://",
+    ),
+    StringRule(
+        r"^s3://(xn--|sthree-)|^s3://[^/]*(-s3alias|--ol-s3|--x-s3)(/|$)",
+        "the bucket name uses a prefix or suffix that S3 reserves",
+        match=False,
+        prefix="s3://",
+    ),
+    StringRule(
+        r"^s3://[^/]*/(.*/)?\.\.?(/|$)",
+        "the key must not contain '.' or '..' segments",
+        match=False,
+        prefix="s3://",
+    ),
+    StringRule(
+        r"^s3://[^/]*/(.*/)?/", "the key must not contain empty segments ('//')", match=False, prefix="s3://"
+    ),
+    StringRule(r"[?#]", "an s3:// URI has no query or fragment ('?', '#')", match=False, prefix="s3://"),
+)
+_S3_EXTRA, _check_s3_uri = string_rules(*S3_URI_RULES)
+# Addresses a pod must never send credentials to: link-local (cloud metadata services), by name or number.
+ENDPOINT_RULES = (
+    StringRule(
+        r"^https?://[^/]*@",
+        "must not hold credentials (user:password@): name them in storage.secretRef",
+        match=False,
+    ),
+    StringRule(r"[?#]", "must not have a query or fragment ('?', '#')", match=False),
+    StringRule(
+        # link-local IPv4 | IPv6 link-local, AWS's metadata and IPv4-mapped link-local | metadata names |
+        # IPv4 in forms that resolvers read as other addresses: 1 to 3 numbers, octal or hex parts
+        r"(?i)^https?://(169\.254\.[0-9.]*|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254|::ffff:(169\.254\.|a9fe:)"
+        r"[^\]]*)\]|metadata|metadata\.google\.internal\.?|[0-9]+(\.[0-9]+){0,2}|([0-9a-fx]+\.){0,3}0[0-9x]"
+        r"[0-9a-fx.]*)(:[0-9]*)?(/|$)",
+        "must not be a link-local or cloud metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254, "
+        "metadata.google.internal) nor an IPv4 address written as fewer than four numbers or in octal or hex",
+        match=False,
+    ),
+)
+_ENDPOINT_EXTRA, _check_endpoint = string_rules(*ENDPOINT_RULES)
+StorageUri = Annotated[
+    str,
+    Field(min_length=1, max_length=1024, pattern=STORAGE_URI_PATTERN, json_schema_extra=_S3_EXTRA),
+    AfterValidator(_check_s3_uri),
+]
 
 Backbone = Literal[
     "Xception",
@@ -94,30 +172,6 @@ MAX_IMAGE_SIZE = 1024
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 OutputFormat = Literal["savedmodel", "keras", "tflite"]
 Monitor = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
-
-
-class ApiModel(RuleCheckedModel):
-    """Base for every contract model: camelCase aliases only, unknown fields rejected (kubectl strict)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_alias=True,
-        validate_by_name=False,
-        serialize_by_alias=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-
-def _unique(items: list[Any] | None) -> list[Any] | None:
-    """Reject duplicates in an `x-kubernetes-list-type: set` list, as the API server does."""
-    if items is not None:
-        seen: set[Any] = set()
-        for item in items:
-            if item in seen:
-                raise ValueError(f"duplicate value {item!r}: items must be unique")
-            seen.add(item)
-    return items
 
 
 class EarlyStopping(ApiModel):
@@ -206,7 +260,7 @@ class Stage(ApiModel):
 class Head(ApiModel):
     """The new top that replaces the backbone's classifier: Dense layers, then a softmax over the classes."""
 
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+    hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
         default_factory=lambda: [256],
         max_length=8,
         description="Units of each hidden Dense (ReLU) layer; [] puts the softmax right on the features.",
@@ -225,10 +279,11 @@ class ModelSpec(ApiModel):
             "size 32 px, 71 for Xception, 75 for InceptionV3 and InceptionResNetV2."
         ),
     )
-    weights: str = Field(
+    weights: Annotated[str, AfterValidator(_check_s3_uri)] = Field(
         "imagenet",
         max_length=1024,
         pattern=WEIGHTS_PATTERN,
+        json_schema_extra=_S3_EXTRA,
         description=(
             "imagenet (downloaded by Keras), none (train from scratch), or the URI (s3://, file:// or a "
             "path) of a saved backbone without its top (.keras) or of a weights file for the named backbone."
@@ -255,12 +310,8 @@ class DatasetSpec(ApiModel):
         ),
     )
 
-    uri: str = Field(
-        ...,
-        min_length=1,
-        max_length=1024,
-        pattern=STORAGE_URI_PATTERN,
-        description="s3://bucket/prefix/ in clusters; file:// or a plain path for local runs.",
+    uri: StorageUri = Field(
+        ..., description="s3://bucket/prefix/ in clusters; file:// or a plain path for local runs."
     )
     layout: Literal["folders", "manifest"] = Field(
         "folders",
@@ -273,12 +324,14 @@ class DatasetSpec(ApiModel):
         None,
         min_length=1,
         max_length=1024,
-        pattern=r"^[^\s:]+$",
-        description="With layout manifest: the CSV's path relative to uri, e.g. labels.csv.",
+        pattern=RELATIVE_PATH_PATTERN,
+        description=(
+            "With layout manifest: the CSV's path relative to uri, e.g. labels.csv (no '.' or '..' segments)."
+        ),
     )
     classes: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^/\s][^/]*$")]] | None,
-        AfterValidator(_unique),
+        list[Annotated[str, Field(min_length=1, max_length=253, pattern=CLASS_NAME_PATTERN)]] | None,
+        AfterValidator(unique),
     ] = Field(
         None,
         min_length=2,
@@ -333,14 +386,10 @@ class Augmentation(ApiModel):
 class OutputSpec(ApiModel):
     """Where the trained model is published, as numbered versions <uri>/<n>/."""
 
-    uri: str = Field(
-        ...,
-        min_length=1,
-        max_length=1024,
-        pattern=STORAGE_URI_PATTERN,
-        description="Model repository: each run publishes <uri>/<n>/ as TF Serving and KServe expect.",
+    uri: StorageUri = Field(
+        ..., description="Model repository: each run publishes <uri>/<n>/ as TF Serving and KServe expect."
     )
-    formats: Annotated[list[OutputFormat], AfterValidator(_unique)] = Field(
+    formats: Annotated[list[OutputFormat], AfterValidator(unique)] = Field(
         default_factory=lambda: list[OutputFormat](["savedmodel"]),
         min_length=1,
         max_length=3,
@@ -356,20 +405,38 @@ class SecretRef(ApiModel):
         ..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
     )
     access_key_id_key: str = Field(
-        "AWS_ACCESS_KEY_ID", min_length=1, max_length=253, description="Key holding the access key id."
+        "AWS_ACCESS_KEY_ID",
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key holding the access key id.",
     )
     secret_access_key_key: str = Field(
-        "AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253, description="Key holding the secret key."
+        "AWS_SECRET_ACCESS_KEY",
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key holding the secret key.",
     )
 
 
 class StorageSpec(ApiModel):
     """How to reach object storage. Omit everything for AWS with the pod's cloud identity."""
 
-    endpoint: str | None = Field(
-        None, max_length=1024, pattern=ENDPOINT_PATTERN, description="S3 endpoint URL; omit for AWS."
+    endpoint: (
+        Annotated[str, Field(max_length=1024, pattern=ENDPOINT_PATTERN), AfterValidator(_check_endpoint)]
+        | None
+    ) = Field(
+        None,
+        json_schema_extra=_ENDPOINT_EXTRA,
+        description=(
+            "S3 endpoint URL, http(s)://host[:port][/path]; omit for AWS. No credentials, query or "
+            "link-local (cloud metadata) address."
+        ),
     )
-    region: str | None = Field(None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
+    region: str | None = Field(
+        None, min_length=1, max_length=64, pattern=REGION_PATTERN, description="Region, e.g. us-east-1."
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="S3 addressing style; auto uses path style with a custom endpoint. Default auto."
     )
@@ -416,34 +483,6 @@ def _quantity_ok(value: int | str) -> bool:
     if isinstance(value, int):
         return value > 0
     return re.fullmatch(QUANTITY_PATTERN.strip("^$"), value) is not None
-
-
-class Toleration(ApiModel):
-    """A Kubernetes toleration, copied to the training pod."""
-
-    key: str | None = Field(None, max_length=316, description="Taint key; empty with Exists matches all.")
-    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
-    value: str | None = Field(None, max_length=63, description="Taint value for Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        None, description="Taint effect to match; empty matches all."
-    )
-    toleration_seconds: int | None = Field(None, ge=0, description="For NoExecute: how long to stay bound.")
-
-
-class SchedulingSpec(ApiModel):
-    """Where the training pod may run and which queue admits it."""
-
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod requires.")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Pod tolerations.")
-    affinity: dict[str, Any] = Field(
-        default_factory=dict,
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        description="A Kubernetes affinity object, copied to the pod as is.",
-    )
-    priority_class_name: str = Field("", max_length=253, description="PriorityClass of the pod.")
-    queue_name: str = Field(
-        "", max_length=63, description="Kueue LocalQueue: the Job is created suspended and Kueue admits it."
-    )
 
 
 # Labels and annotations the operator puts on the training pod itself (selection, Kueue, kubectl): a
@@ -551,7 +590,7 @@ class PodOptions(ApiModel):
     )
     image_pull_secrets: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]],
-        AfterValidator(_unique),
+        AfterValidator(unique),
     ] = Field(
         default_factory=list,
         max_length=16,
@@ -600,10 +639,13 @@ class RunPolicy(ApiModel):
 
     backoff_limit: int = Field(3, ge=0, le=100, description="Retries after retryable failures. Default 3.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail the run after this many seconds. Default: no deadline."
+        None, ge=1, le=MAX_INT32, description="Fail the run after this many seconds. Default: no deadline."
     )
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the finished Job (not the model) after this many seconds."
+        None,
+        ge=0,
+        le=MAX_INT32,
+        description="Delete the finished Job (not the model) after this many seconds.",
     )
     suspend: bool = Field(
         False, description="Suspend the run (stops its pods); false resumes it. Default false."
@@ -634,6 +676,12 @@ class SearchBudget(ApiModel):
             "candidate that would exceed it is skipped. Default 200."
         ),
     )
+
+
+def _nested(first: str, second: str) -> bool:
+    """Whether one URI equals the other or lies inside it (a trailing '/' does not matter)."""
+    a, b = (uri if uri.endswith("/") else uri + "/" for uri in (first, second))
+    return a.startswith(b) or b.startswith(a)
 
 
 def _auto_allowed(s: TransferJobSpec) -> bool:
@@ -702,6 +750,19 @@ class TransferJobSpec(ApiModel):
             ),
             field_path=".strategy",
             check=_auto_allowed,
+        ),
+        CelRule(
+            rule=(
+                "!(self.output.uri + '/').startsWith(self.dataset.uri.endsWith('/') ? self.dataset.uri "
+                ": self.dataset.uri + '/') && !(self.dataset.uri + '/').startsWith("
+                "self.output.uri.endsWith('/') ? self.output.uri : self.output.uri + '/')"
+            ),
+            message=(
+                "output.uri must not equal, lie inside or contain dataset.uri: publishing would write into "
+                "the training data"
+            ),
+            field_path=".output.uri",
+            check=lambda s: not _nested(s.output.uri, s.dataset.uri),
         ),
         CelRule(
             rule=(
@@ -791,7 +852,12 @@ class TransferJobSpec(ApiModel):
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
     image: str = Field(
-        "", max_length=1024, description="Trainer image override; empty uses the operator's default."
+        "",
+        max_length=1024,
+        pattern=IMAGE_PATTERN,
+        description=(
+            "Trainer image override (registry/repository[:tag][@digest]); empty uses the operator's default."
+        ),
     )
     pod: PodOptions = Field(
         default_factory=PodOptions,
@@ -838,10 +904,14 @@ class ObjectMeta(ApiModel):
     """The metadata fields kubegraft reads; everything else Kubernetes puts there is kept as is."""
 
     model_config = ConfigDict(
-        extra="allow", alias_generator=to_camel, validate_by_alias=True, validate_by_name=False
+        extra="allow",
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        allow_inf_nan=False,
     )
 
-    name: str | None = Field(None, max_length=253)
+    name: str | None = Field(None, max_length=DNS_SUBDOMAIN_MAX)
     generate_name: str | None = None
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)

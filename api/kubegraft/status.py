@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from kubegraft.spec import ApiModel
+from kubegraft.base import ApiModel
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionStatus = Literal["True", "False", "Unknown"]

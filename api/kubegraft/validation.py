@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from celpy.adapter import json_to_cel
 from pydantic import BaseModel, ValidationError
 
 from kubegraft.crd import openapi_schema
+from kubegraft.kube import metadata_problems
+from kubegraft.manifests import MAX_DEPTH, MAX_MANIFEST_BYTES, ManifestError, decode_manifest, load_manifests
 from kubegraft.rules import CelRule
 from kubegraft.spec import API_VERSION, GROUP, KIND, TransferJob
 from kubegraft.status import TransferJobStatus
@@ -57,9 +60,19 @@ CEL_SKIPPED_MESSAGE = (
     "some validation rules were not checked because the object was invalid; correct the existing errors to "
     "complete validation"
 )
-_BLOCKING_VALIDATORS = frozenset({"type", "required", "anyOf"})
+# Errors after which CEL rules are not evaluated: a wrong type or missing field makes them unsafe, and an
+# oversized string or list would exceed the API server's CEL cost budget (it refuses the object then).
+_BLOCKING_VALIDATORS = frozenset({"type", "required", "anyOf", "maxItems", "maxLength", "maxProperties"})
 # pydantic puts union member tags ("int", "str", "function-after[...]") into error locations: not fields.
 _UNION_TAG = re.compile(r"^(int|str|float|bool|none|(list|dict|literal|function-\w+|nullable)\[.*\])$")
+# Values longer than this are shortened in messages: one error stays one readable line.
+_SHOWN_CHARS = 60
+_INT64 = (-(2**63), 2**63 - 1)  # the API server decodes JSON integers into int64
+MAX_MANIFEST_CHARS = MAX_MANIFEST_BYTES // 4  # shorter strings cannot exceed the byte limit in UTF-8
+# Documents validated per stream: each costs tens of milliseconds (CEL), so a file of thousands would take
+# minutes; a bigger bundle is split (`kubectl apply -f dir/`) or validated file by file.
+MAX_DOCUMENTS = 100
+MAX_REPORTED_ERRORS = 20  # per document: a file of 10^4 unknown keys gets a screenful, not 10^4 lines
 
 
 @dataclass(frozen=True, order=True)
@@ -134,7 +147,46 @@ def _metadata_errors(metadata: object) -> list[FieldError]:
             isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
         ):
             errors.append(FieldError(_path("metadata", key), "must be a map of strings"))
+    errors.extend(
+        FieldError(_path("metadata", path), problem) for path, problem in metadata_problems(metadata)
+    )
     return errors
+
+
+def _brief(value: object) -> str:
+    """`repr(value)`, shortened to about `_SHOWN_CHARS` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def json_errors(obj: object) -> list[FieldError]:
+    """What JSON (so the API server) cannot carry: NaN and infinities, non-string keys, other Python types,
+    nesting deeper than `MAX_DEPTH` (which also stops cycles). Iterative, so any input is safe to walk.
+    """
+    errors: list[FieldError] = []
+    stack: list[tuple[object, str, int]] = [(obj, "", 0)]
+    while stack and len(errors) < 20:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            errors.append(FieldError(path, f"nesting deeper than {MAX_DEPTH} levels"))
+        elif isinstance(value, Mapping):
+            for key, child in value.items():
+                if isinstance(key, str):
+                    stack.append((child, _path(path, key), depth + 1))
+                else:
+                    errors.append(FieldError(path, f"keys must be strings, got {_brief(key)}"))
+        elif isinstance(value, list | tuple):
+            stack.extend((child, _path(path, i), depth + 1) for i, child in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.append(FieldError(path, f"must be a finite number, got {value}"))
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+            errors.append(FieldError(path, f"must fit in 64 bits, got {_brief(value)}"))
+        elif not isinstance(value, str | int | float | bool) and value is not None:
+            errors.append(FieldError(path, f"{type(value).__name__} is not a JSON value"))
+    return sorted(errors)
 
 
 def prune_nulls(value: Any) -> Any:
@@ -217,7 +269,11 @@ def _schema_errors(obj: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[l
         elif error.validator == "anyOf" and error.schema.get("x-kubernetes-int-or-string"):
             errors.add(FieldError(path, f"must be an integer or a string, got {error.instance!r}"))
         else:
-            errors.add(FieldError(path, error.message))
+            message = error.message
+            shown = repr(error.instance)
+            if len(shown) > _SHOWN_CHARS:
+                message = message.replace(shown, _brief(error.instance))
+            errors.add(FieldError(path, message))
     errors.update(_list_set_errors(obj, schema, ""))
     return sorted(errors), blocking
 
@@ -227,14 +283,16 @@ def _list_set_errors(value: Any, schema: Mapping[str, Any], path: str) -> Iterat
     if isinstance(value, list):
         list_type = schema.get("x-kubernetes-list-type")
         keys = schema.get("x-kubernetes-list-map-keys", [])
-        seen: list[Any] = []
+        seen: set[str] = set()
         for index, item in enumerate(value):
             identity = (
                 tuple(item.get(k) for k in keys) if list_type == "map" and isinstance(item, Mapping) else item
             )
-            if list_type in ("set", "map") and identity in seen:
-                yield FieldError(_path(path, index), f"Duplicate value: {identity!r}")
-            seen.append(identity)
+            if list_type in ("set", "map"):
+                key = repr(identity)  # hashable whatever the item (a set keeps this linear in the list)
+                if key in seen:
+                    yield FieldError(_path(path, index), f"Duplicate value: {_brief(identity)}")
+                seen.add(key)
             if isinstance(schema.get("items"), Mapping):
                 yield from _list_set_errors(item, schema["items"], _path(path, index))
     elif isinstance(value, Mapping):
@@ -325,11 +383,14 @@ def validate_object(obj: Mapping[str, Any]) -> ValidationResult:
     Returns:
         The errors (empty when admitted) and the object after pruning, unknown-field removal and defaulting.
     """
-    errors = _type_errors(obj)
+    errors = _type_errors(obj) or json_errors(obj)
     if errors:
         return ValidationResult(errors=errors, defaulted=dict(obj) if isinstance(obj, Mapping) else {})
     schema = _schema()
     pruned = prune_nulls(obj)
+    oversized = _size_errors(pruned, schema)
+    if oversized:
+        return ValidationResult(errors=[*oversized, FieldError("", CEL_SKIPPED_MESSAGE)], defaulted=pruned)
     metadata_errors = _metadata_errors(pruned.get("metadata"))
     errors.extend(metadata_errors)
     known = _drop_unknown(pruned, schema, "", errors)
@@ -347,6 +408,42 @@ def validate_object(obj: Mapping[str, Any]) -> ValidationResult:
             metadata["name"] = f"{generate}xxxxx" if generate else ""
         _cel_check(cel_view, schema, "", errors)
     return ValidationResult(errors=_dedupe(errors), defaulted=defaulted)
+
+
+def _size_errors(obj: Any, schema: Mapping[str, Any]) -> list[FieldError]:
+    """Strings, lists and maps over their schema bounds, found in one walk of the object alone.
+
+    Checked before anything else: an oversized list would make the full schema walk, defaulting and the CEL
+    rules cost time in proportion to it (the API server's CEL budget refuses such an object too).
+    """
+    errors: list[FieldError] = []
+    stack: list[tuple[Any, Mapping[str, Any], str]] = [(obj, schema, "")]
+    while stack:
+        value, node, path = stack.pop()
+        if isinstance(value, str) and len(value) > node.get("maxLength", len(value)):
+            errors.append(
+                FieldError(path, f"must be at most {node['maxLength']} characters, got {len(value)}")
+            )
+        elif isinstance(value, list):
+            if len(value) > node.get("maxItems", len(value)):
+                errors.append(
+                    FieldError(path, f"must have at most {node['maxItems']} items, got {len(value)}")
+                )
+            elif isinstance(node.get("items"), Mapping):
+                stack.extend((item, node["items"], _path(path, i)) for i, item in enumerate(value))
+        elif isinstance(value, Mapping):
+            if len(value) > node.get("maxProperties", len(value)):
+                errors.append(
+                    FieldError(path, f"must have at most {node['maxProperties']} entries, got {len(value)}")
+                )
+                continue
+            properties = node.get("properties", {})
+            additional = node.get("additionalProperties")
+            for key, child in value.items():
+                child_node = properties.get(key) or (additional if isinstance(additional, Mapping) else None)
+                if child_node is not None:
+                    stack.append((child, child_node, _path(path, key)))
+    return sorted(errors)
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:
@@ -403,7 +500,7 @@ def validate_with_pydantic(obj: Mapping[str, Any]) -> list[FieldError]:
     Returns:
         The errors; empty when the models accept the manifest.
     """
-    errors = _type_errors(obj)
+    errors = _type_errors(obj) or json_errors(obj)
     if errors:
         return errors
     pruned = prune_nulls(obj)
@@ -425,7 +522,11 @@ def _validate_model(model: type[BaseModel], value: Any) -> None:
 
 @dataclass
 class DocumentReport:
-    """The verdict on one document of a YAML stream, as `kubegraft validate` prints it."""
+    """The verdict on one document of a YAML stream (or on the stream), as `kubegraft validate` prints it.
+
+    `position` (``line:col``) is set for errors of the file itself (YAML syntax, encoding, size), which belong
+    to no document: they print as ``file:line:col: message``.
+    """
 
     source: str
     index: int
@@ -433,6 +534,7 @@ class DocumentReport:
     skipped: bool = False
     result: ValidationResult | None = None
     errors: list[FieldError] = field(default_factory=list)
+    position: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -441,44 +543,93 @@ class DocumentReport:
 
     @property
     def label(self) -> str:
-        """`file#n (name)`: where the document is, 1-based, for messages."""
+        """`file#n (name)`: where the document is, 1-based; `file:line:col` for errors of the file."""
+        if self.position is not None:
+            return f"{self.source}:{self.position}" if self.position else self.source
         return f"{self.source}#{self.index} ({self.name})" if self.name else f"{self.source}#{self.index}"
 
 
-def validate_documents(text: str, source: str) -> list[DocumentReport]:
-    """Validate every TransferJob in a multi-document YAML text; other kinds are reported as skipped.
+def _file_error(source: str, index: int, exc: ManifestError) -> DocumentReport:
+    return DocumentReport(source, index, "", errors=[FieldError("", exc.message)], position=exc.position)
+
+
+def _printable(errors: list[FieldError]) -> list[FieldError]:
+    """At most `MAX_REPORTED_ERRORS` errors, each path and message cut to a readable line."""
+
+    def cut(text: str, limit: int) -> str:
+        text = _one_line(text)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+    shown = [FieldError(cut(e.path, 160), cut(e.message, 400)) for e in errors[:MAX_REPORTED_ERRORS]]
+    if len(errors) > MAX_REPORTED_ERRORS:
+        shown.append(FieldError("", f"and {len(errors) - MAX_REPORTED_ERRORS} more errors"))
+    return shown
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters (newlines, escapes) written as Python escapes: one printable line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _document_report(document: Any, source: str, index: int) -> DocumentReport:
+    if not isinstance(document, Mapping):
+        kind = _KINDS.get(type(document), type(document).__name__)
+        error = FieldError("", f"a manifest document must be a mapping (apiVersion, kind, ...), not {kind}")
+        return DocumentReport(source, index, "", errors=[error])
+    metadata = document.get("metadata")
+    name = _one_line(
+        str(metadata.get("name") or metadata.get("generateName") or "")[:_SHOWN_CHARS]
+        if isinstance(metadata, Mapping)
+        else ""
+    )
+    if not is_transferjob(document):
+        kind = _one_line(str(document.get("kind", "?"))[:_SHOWN_CHARS])
+        return DocumentReport(source, index, f"{kind}/{name}" if name else kind, skipped=True)
+    result = validate_object(document)
+    errors = list(result.errors)
+    if not errors:
+        # What the CRD cannot express (map keys) the models check: the client is never weaker than admission.
+        errors = validate_with_pydantic(document)
+    return DocumentReport(source, index, name, result=result, errors=_printable(errors))
+
+
+def validate_documents(text: str | bytes, source: str) -> list[DocumentReport]:
+    """Validate every TransferJob in a multi-document YAML stream; other kinds are reported as skipped.
 
     Args:
-        text: the YAML stream.
+        text: the YAML stream, as read from the file (bytes: size and UTF-8 are checked first).
         source: the file name (or ``-``) used in messages.
 
     Returns:
-        One report per non-empty document; a YAML syntax error is one failed report at the point it occurred.
+        One report per non-empty document, then (if the stream breaks) one report of the file error at its
+        line and column: documents before a syntax error are still validated.
     """
-    import yaml
-
-    from kubegraft.manifests import load_manifests
-
-    reports: list[DocumentReport] = []
+    documents: list[Any] = []
+    broken: ManifestError | None = None
     try:
-        documents = list(load_manifests(text))
-    except yaml.YAMLError as exc:
-        return [DocumentReport(source, len(reports) + 1, "", errors=[FieldError("", f"invalid YAML: {exc}")])]
-    for index, document in enumerate(documents, start=1):
-        if document is None:
-            continue
-        metadata = document.get("metadata") if isinstance(document, Mapping) else None
-        name = (
-            str(metadata.get("name") or metadata.get("generateName") or "")
-            if isinstance(metadata, Mapping)
-            else ""
-        )
-        if not is_transferjob(document):
-            kind = document.get("kind", "?") if isinstance(document, Mapping) else type(document).__name__
-            reports.append(
-                DocumentReport(source, index, f"{kind}/{name}" if name else str(kind), skipped=True)
-            )
-            continue
-        result = validate_object(document)
-        reports.append(DocumentReport(source, index, name, result=result, errors=list(result.errors)))
+        stream = decode_manifest(text) if isinstance(text, bytes) else text
+        if isinstance(text, str) and len(stream) > MAX_MANIFEST_CHARS:
+            decode_manifest(stream.encode("utf-8", "surrogatepass"))
+        # Read up to one document past the limit before validating any: a stream that is too long costs
+        # its parsing only.
+        for document in load_manifests(stream):
+            if len(documents) == MAX_DOCUMENTS:
+                too_many = ManifestError(f"more than {MAX_DOCUMENTS} documents in one stream: split the file")
+                return [_file_error(source, MAX_DOCUMENTS + 1, too_many)]
+            documents.append(document)
+    except ManifestError as exc:
+        broken = exc
+    reports = [
+        _document_report(document, source, number)
+        for number, document in enumerate(documents, start=1)
+        if document is not None
+    ]
+    if broken is not None:
+        reports.append(_file_error(source, len(documents) + 1, broken))
     return reports

@@ -25,7 +25,8 @@ import kopf
 import yaml
 
 from kubegraft import runtime
-from kubegraft.spec import API_VERSION, KIND, SchedulingSpec, TransferJobSpec
+from kubegraft.scheduling import SchedulingSpec
+from kubegraft.spec import API_VERSION, KIND, TransferJobSpec
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 
@@ -44,7 +45,17 @@ TMP_DIR = "/tmp"  # an emptyDir mounted in the pod
 
 
 # libyaml's emitter when PyYAML has it: the pure-Python one costs ~20 ms a manifest, most of a reconcile.
-_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BASE_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BASE_DUMPER):  # type: ignore[valid-type,misc]  # a class chosen at import time
+    """Writes a value shared by two keys twice, never as an alias: the trainer's loader refuses aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_DUMPER: type[yaml.SafeDumper] = _Dumper
 
 
 def job_name(transferjob: str, run: int) -> str:
@@ -308,8 +319,9 @@ def _scheduling_fields(scheduling: SchedulingSpec) -> dict[str, Any]:
         fields["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
         ]
-    if scheduling.affinity:
-        fields["affinity"] = dict(scheduling.affinity)
+    affinity = scheduling.affinity.model_dump(by_alias=True, exclude_none=True)
+    if affinity:
+        fields["affinity"] = affinity
     if scheduling.priority_class_name:
         fields["priorityClassName"] = scheduling.priority_class_name
     return fields

@@ -109,7 +109,7 @@ def load_spec(path: str | Path) -> TransferJobSpec:
     """
     try:
         data = load_manifest(Path(path).read_text(encoding="utf-8"))  # 1e-5 is a float, as kubectl reads it
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:  # ManifestError and UnicodeDecodeError are ValueErrors
         raise TrainerError(
             FailureReason.INVALID_SPEC, f"cannot read the TransferJob at {path}: {exc}"
         ) from exc

@@ -28,10 +28,15 @@ MINIMAL: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class InvalidCase:
-    """One file of the invalid corpus and the field path its first line says must be named."""
+    """One file of the invalid corpus and the field path its first line says must be named.
+
+    `client_only` (a `# client-only: <why>` header line) marks what a CRD schema cannot express (map keys):
+    `kubegraft validate` refuses it through the models, the CRD alone cannot.
+    """
 
     path: Path
     expect: str
+    client_only: bool = False
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -46,7 +51,9 @@ def invalid_cases() -> list[InvalidCase]:
         first = path.read_text(encoding="utf-8").splitlines()[0]
         if not first.startswith("# expect: "):
             raise ValueError(f"{path.name}: first line must be '# expect: <field path>'")
-        cases.append(InvalidCase(path, first.removeprefix("# expect: ").strip()))
+        header = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+        client_only = any(line.startswith("# client-only: ") for line in header)
+        cases.append(InvalidCase(path, first.removeprefix("# expect: ").strip(), client_only))
     return cases
 
 
@@ -129,8 +136,52 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
         _spec(
             scheduling={
                 "nodeSelector": {"pool": "gpu"},
-                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                "affinity": {"nodeAffinity": {"anything": [{"goes": 1}]}},
+                "tolerations": [
+                    {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"operator": "Exists"},
+                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "tolerationSeconds": 60},
+                ],
+                "priorityClassName": "batch-high",
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]},
+                                {
+                                    "matchFields": [
+                                        {"key": "metadata.name", "operator": "In", "values": ["n1"]}
+                                    ]
+                                },
+                            ]
+                        },
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 10,
+                                "preference": {
+                                    "matchExpressions": [
+                                        {"key": "example.com/cores", "operator": "Gt", "values": ["16"]},
+                                        {"key": "spot", "operator": "DoesNotExist"},
+                                    ]
+                                },
+                            }
+                        ],
+                    },
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "labelSelector": {
+                                        "matchLabels": {"app.kubernetes.io/name": "trainer"},
+                                        "matchExpressions": [{"key": "tier", "operator": "Exists"}],
+                                    },
+                                    "namespaces": ["ml"],
+                                    "topologyKey": "kubernetes.io/hostname",
+                                },
+                            }
+                        ]
+                    },
+                },
                 "queueName": "team-a",
             }
         )
@@ -173,3 +224,87 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
         )
     ),
 }
+
+
+HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
+# The document the generated hostile cases start from (block YAML, so lines can be appended under spec).
+HOSTILE_HEAD = yaml.safe_dump(MINIMAL, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    """A file no parser of manifests should trust: its bytes and a substring the report must contain."""
+
+    name: str
+    expect: str
+    data: bytes
+
+
+def _spec_lines(*lines: str) -> bytes:
+    return (HOSTILE_HEAD + "".join(f"  {line}\n" for line in lines)).encode()
+
+
+def _classes(count: int) -> bytes:
+    manifest = copy.deepcopy(MINIMAL)
+    manifest["spec"]["dataset"]["classes"] = [f"c{i}" for i in range(count)]
+    return yaml.safe_dump(manifest, sort_keys=False).encode()
+
+
+def _generated() -> list[HostileCase]:
+    """Hostile cases too big (or too binary) to keep as files: built on the fly, the same every time."""
+    return [
+        HostileCase("over-the-size-limit", "larger than", _spec_lines("image: " + "a" * 1_600_000)),
+        HostileCase("string-of-1-4-mib", "spec.image", _spec_lines("image: " + "a" * 1_400_000)),
+        HostileCase(
+            "label-value-of-1-mib",
+            "metadata.labels",
+            HOSTILE_HEAD.replace(
+                "  name: flowers\n", "  name: flowers\n  labels:\n    team: " + "v" * 2**20 + "\n"
+            ).encode(),
+        ),
+        HostileCase(
+            "annotations-over-256-kib",
+            "metadata.annotations",
+            HOSTILE_HEAD.replace(
+                "  name: flowers\n", "  name: flowers\n  annotations:\n    note: " + "n" * 300_000 + "\n"
+            ).encode(),
+        ),
+        HostileCase(
+            "too-many-values",
+            "more than 30000 values",
+            _classes(35_000),
+        ),
+        HostileCase(
+            "classes-over-10000",
+            "spec.dataset.classes",
+            _classes(10_001),
+        ),
+        HostileCase(
+            "stages-2000",
+            "spec.stages",
+            _spec_lines("stages:", *(f"- {{name: s{i}}}" for i in range(2_000))),
+        ),
+        HostileCase(
+            "too-many-documents", "more than 100 documents", ("---\n".join([HOSTILE_HEAD] * 101)).encode()
+        ),
+        HostileCase("utf-16-file", "not valid UTF-8", HOSTILE_HEAD.encode("utf-16")),
+        HostileCase("unknown-keys-3000", "more errors", _spec_lines(*(f"k{i}: 1" for i in range(3_000)))),
+        HostileCase("key-of-1-mib", "unknown field", _spec_lines("? " + "k" * 2**20, ": 1")),
+        HostileCase(
+            "nesting-60-deep",
+            "spec.scheduling.affinity",
+            _spec_lines("scheduling:", "  affinity: " + "{a: " * 60 + "1" + "}" * 60),
+        ),
+    ]
+
+
+def hostile_cases() -> list[HostileCase]:
+    """Every tests/unit/api/hostile/*.yaml (first line `# expect: <text>`) and the generated cases."""
+    cases = []
+    for path in sorted(HOSTILE_DIR.glob("*.yaml")):
+        data = path.read_bytes()
+        first = data.split(b"\n", 1)[0].decode("ascii")
+        if not first.startswith("# expect: "):
+            raise ValueError(f"{path.name}: first line must be '# expect: <text>'")
+        cases.append(HostileCase(path.stem, first.removeprefix("# expect: ").strip(), data))
+    return cases + _generated()

@@ -8,11 +8,21 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from celpy import celtypes
 
 from kubegraft.crd import build_crd, openapi_schema, render_crd_yaml
-from kubegraft.spec import DatasetSpec, ResourcesSpec, Stage, TransferJob, TransferJobSpec
+from kubegraft.rules import StringRule
+from kubegraft.spec import (
+    ENDPOINT_RULES,
+    S3_URI_RULES,
+    DatasetSpec,
+    ResourcesSpec,
+    Stage,
+    TransferJob,
+    TransferJobSpec,
+)
 from kubegraft.status import TransferJobStatus
-from kubegraft.validation import compile_rule
+from kubegraft.validation import _program, compile_rule
 from tests.unit.api.corpus import CRD_FILES
 
 # What a structural schema may hold (apiextensions.k8s.io/v1 JSONSchemaProps that kubegraft uses).
@@ -140,9 +150,12 @@ def test_nested_objects_default_to_empty_so_their_children_defaults_apply() -> N
     assert "default" not in _at("spec.stages")
 
 
-def test_dicts_are_additional_properties_and_affinity_is_kept_as_is() -> None:
-    assert _at("spec.scheduling.nodeSelector")["additionalProperties"] == {"type": "string"}
-    assert _at("spec.scheduling.affinity")["x-kubernetes-preserve-unknown-fields"] is True
+def test_dicts_are_additional_properties_and_affinity_is_typed() -> None:
+    values = _at("spec.scheduling.nodeSelector")["additionalProperties"]
+    assert (values["type"], values["maxLength"]) == ("string", 63)
+    affinity = _at("spec.scheduling.affinity")
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
     assert _at("status.metrics")["additionalProperties"] == {"type": "number"}
 
 
@@ -191,8 +204,8 @@ def test_every_cel_rule_compiles() -> None:
 def test_strings_and_lists_under_spec_are_bounded_for_the_cel_cost_budget() -> None:
     unbounded = []
     for path, node in _nodes(_at("spec"), "spec"):
-        if path.endswith("{}") or "affinity" in path:
-            continue  # map values and preserved fields are out of CEL's reach
+        if path.endswith("{}"):
+            continue  # map values are out of CEL's reach
         if (
             node.get("type") == "string" or node.get("x-kubernetes-int-or-string")
         ) and "maxLength" not in node:
@@ -200,3 +213,43 @@ def test_strings_and_lists_under_spec_are_bounded_for_the_cel_cost_budget() -> N
         if node.get("type") == "array" and "maxItems" not in node:
             unbounded.append(path)
     assert unbounded == []
+
+
+_URI_SAMPLES = (
+    "s3://datasets/flowers/",
+    "s3://a..b/x",
+    "s3://192.168.1.1/x",
+    "s3://ab/x",
+    "s3://xn--abc/x",
+    "s3://datasets/../x",
+    "s3://datasets/./x",
+    "s3://datasets//x",
+    "s3://datasets/x?y=1",
+    "s3://datasets/x#y",
+    "file:///data/../x",
+    "plain/../path",
+    "http://minio.storage:9000",
+    "http://user:pass@minio:9000",
+    "http://169.254.169.254/latest",
+    "http://[fd00:ec2::254]/",
+    "http://[FE80::1]:9000",
+    "http://[::ffff:169.254.169.254]/",
+    "http://metadata.google.internal./",
+    "http://2852039166/",
+    "http://0xA9FEA9FE/",
+    "https://s3.us-east-1.amazonaws.com",
+    "https://169.254.example.com",
+    "http://0251.0376.0251.0376/",
+    "http://169.16689662/",
+    "http://127.1:9000",
+    "http://10.0.0.1:9000",
+    "http://0xdeadbeef.example.com/",
+)
+
+
+@pytest.mark.parametrize("rule", [*S3_URI_RULES, *ENDPOINT_RULES], ids=lambda r: r.message[:40])
+def test_string_rule_decides_like_its_cel_expression(rule: StringRule) -> None:
+    program = _program(rule.cel)
+    for value in _URI_SAMPLES:
+        cel = program.evaluate({"self": celtypes.StringType(value)})
+        assert bool(cel) == rule.holds(value), value

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kubegraft import runtime
+from kubegraft.manifests import load_manifest
 from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.errors import InvalidSpecError
 from kubegraft_operator.rendering import (
@@ -24,6 +25,13 @@ from kubegraft_operator.rendering import (
 from tests.unit.operator.factories import BASE_SPEC, UID, transferjob, with_spec
 
 CONFIG = OperatorConfig(trainer_image="registry.example/trainer:1")
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+        }
+    }
+}
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
@@ -151,14 +159,14 @@ def test_scheduling_fields_are_copied_to_the_pod() -> None:
         scheduling={
             "nodeSelector": {"gpu": "a100"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "affinity": {"nodeAffinity": {"x": 1}},
+            "affinity": AFFINITY,
             "priorityClassName": "high",
         }
     )
     pod = render_job(transferjob(spec), 1, 1, CONFIG)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "a100"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert pod["affinity"] == AFFINITY
     assert pod["priorityClassName"] == "high"
 
 
@@ -317,3 +325,12 @@ def test_a_job_with_every_pod_option_passes_kubernetes_strict_validation() -> No
     spec = with_spec(pod=POD_OPTIONS, scheduling={"queueName": "q"})
     job = render_job(transferjob(spec), 1, 1, CONFIG)
     kubernetes_validate.validate(job, "1.32.0", strict=True)
+
+
+def test_configmap_spec_writes_shared_values_out_for_the_trainers_alias_free_loader() -> None:
+    shared = {"uri": "s3://models/flowers/"}
+    body = transferjob(with_spec(output=shared, storage={}))
+    body["spec"]["storage"] = body["spec"]["output"]  # one object under two keys: safe_dump would alias it
+    text = render_configmap(body, 1)["data"][runtime.SPEC_FILE_NAME]
+    assert "&id" not in text
+    assert load_manifest(text)["spec"]["storage"] == shared
