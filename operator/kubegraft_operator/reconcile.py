@@ -46,11 +46,19 @@ from kubegraft_operator.kube import (
     Kube,
     configmap_path,
     event_path,
+    job_events_path,
     job_path,
     service_path,
     transferjob_path,
+    workloads_path,
 )
-from kubegraft_operator.observation import JobView, PodView, observe_job
+from kubegraft_operator.observation import (
+    JobView,
+    PodView,
+    failed_create_message,
+    job_workload,
+    observe_job,
+)
 from kubegraft_operator.progress_client import ProgressClient
 
 MAX_EVENT_KEYS = 64
@@ -133,6 +141,7 @@ class Reconciler:
         poll: bool = False,
         patch: kopf.Patch | None = None,
         defer_status: bool = False,
+        explain: bool = False,
     ) -> None:
         """Bring one TransferJob's children and status in line with its spec (see the module docstring).
 
@@ -145,6 +154,8 @@ class Reconciler:
                 ride along with kopf's own bookkeeping patch (one request instead of two).
             defer_status: with `patch`, write the status through it too (the TransferJob's own change
                 handlers; see the module docstring).
+            explain: for a run that waits, also read why: its Kueue Workload (Queued) and its Job's
+                FailedCreate Events (the pending timer sets it; both reads tolerate 403 and 404).
 
         Raises:
             kopf.TemporaryError: the API failed in a way worth retrying.
@@ -164,6 +175,7 @@ class Reconciler:
                     poll=poll,
                     patch=patch,
                     defer_status=defer_status and patch is not None,
+                    explain=explain,
                 )
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
@@ -180,6 +192,7 @@ class Reconciler:
         poll: bool,
         patch: kopf.Patch | None,
         defer_status: bool,
+        explain: bool = False,
     ) -> None:
         # Observe + plan.
         try:
@@ -205,12 +218,37 @@ class Reconciler:
             )
             if pod is not None and pod.pod_ip:
                 progress = await self.progress.fetch(pod.pod_ip)
+        explanation = await self._explain(tj, plan, pods) if explain else None
         # Report.
         phase = await self._report(
-            tj, spec, plan, pods, progress, patch=patch, defer_status=defer_status, rejection=rejection
+            tj,
+            spec,
+            plan,
+            pods,
+            progress,
+            patch=patch,
+            defer_status=defer_status,
+            rejection=rejection,
+            explanation=explanation,
         )
         if progress is not None and phase == "Running":
             metrics.record_progress(tj["metadata"]["namespace"], tj["metadata"]["name"], progress, polled_at)
+
+    async def _explain(
+        self, tj: dict[str, Any], plan: planning.RunPlan, pods: list[PodView]
+    ) -> planning.Explanation:
+        """Why a run waits: the Workload of a suspended Job, the FailedCreate Events of one short of pods."""
+        job = plan.job
+        if job is None or job.outcome is not None or not job.uid:
+            return planning.Explanation()
+        namespace = tj["metadata"]["namespace"]
+        if job.suspend:
+            listed = await self.kube.list_optional(workloads_path(namespace, job.uid), "Kueue Workloads")
+            return planning.Explanation(workload=job_workload(listed or [], job.uid))
+        if len([p for p in pods if p.run == plan.run and not p.deleting]) < job.completions:
+            events = await self.kube.list_optional(job_events_path(namespace, job.uid), "Job Events")
+            return planning.Explanation(failed_create=failed_create_message(events or [], job.uid))
+        return planning.Explanation()
 
     async def _act(
         self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec, *, create: bool = True
@@ -246,12 +284,18 @@ class Reconciler:
                 )
             plan = replace(plan, job=observe_job(job), create=False)
         if plan.suspend is not None and plan.job is not None:
+            # The mark says the operator suspended it: only then may it unsuspend it later.
+            mark = "true" if plan.suspend else None
             await self.kube.patch(
                 job_path(namespace, plan.job.name),
-                {"spec": {"suspend": plan.suspend}},
+                {
+                    "metadata": {"annotations": {rendering.ANNOTATION_SUSPENDED: mark}},
+                    "spec": {"suspend": plan.suspend},
+                },
                 f"Job {plan.job.name}",
             )
-            plan = replace(plan, job=replace(plan.job, suspend=plan.suspend), suspend=None)
+            patched = replace(plan.job, suspend=plan.suspend, suspended_by_operator=plan.suspend)
+            plan = replace(plan, job=patched, suspend=None)
         return plan
 
     async def _report(
@@ -265,6 +309,7 @@ class Reconciler:
         patch: kopf.Patch | None,
         defer_status: bool = False,
         rejection: planning.Summary | None = None,
+        explanation: planning.Explanation | None = None,
     ) -> str:
         """Write the status (only when changed) and the run annotations; post Events; return the phase."""
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
@@ -272,7 +317,7 @@ class Reconciler:
         written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
         result = planning.derive_status(
-            tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection
+            tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection, explanation=explanation
         )
         changes = planning.status_patch(previous, result.status)
         if changes:

@@ -35,6 +35,9 @@ LABEL_RUN = "kubegraft.io/run"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubegraft.io/spec-hash"
 ANNOTATION_GENERATION = "kubegraft.io/generation"
+# On a Job the operator itself suspended (runPolicy.suspend): only such a Job is ever unsuspended by it. A Job
+# suspended by anyone else (Kueue, also with manageJobsWithoutQueueName) is theirs to resume.
+ANNOTATION_SUSPENDED = "kubegraft.io/suspended"
 RUN_AS_USER = 1000
 SPEC_VOLUME = "spec"
 SCRATCH_VOLUME = "scratch"
@@ -446,5 +449,7 @@ def render_job(
         },
         "spec": job_spec,
     }
+    if policy.suspend:
+        body["metadata"]["annotations"][ANNOTATION_SUSPENDED] = "true"
     kopf.adopt(body, owner=transferjob)  # type: ignore[arg-type]
     return body

@@ -105,7 +105,9 @@ def test_suspending_patches_the_job_not_a_new_run() -> None:
     spec = with_spec(runPolicy={"suspend": True})
     _run(_reconciler(kube), transferjob(spec, generation=2), [job(1)], [])
     job_patches = [c[2] for c in kube.calls if c[0] == "patch" and "/jobs/" in c[1]]
-    assert job_patches == [{"spec": {"suspend": True}}]
+    assert job_patches == [
+        {"metadata": {"annotations": {"kubegraft.io/suspended": "true"}}, "spec": {"suspend": True}}
+    ]
     assert not [c for c in kube.calls if c[0] == "create"]
 
 
