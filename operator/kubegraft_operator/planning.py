@@ -456,6 +456,32 @@ def image_rejection(
     return Summary("Failed", Reason.IMAGE_NOT_ALLOWED, _short(text), stalled=True)
 
 
+def invalid_spec_status(
+    transferjob: Mapping[str, Any], message: str, now: str
+) -> tuple[dict[str, Any], Summary]:
+    """The status of a TransferJob whose spec cannot be run: Failed/Stalled, reason InvalidSpec, no Job.
+
+    The previous run's fields are kept (its Job, if still there, is left alone); a corrected spec starts
+    the next run.
+    """
+    previous = dict(transferjob.get("status") or {})
+    generation = _int(transferjob["metadata"].get("generation"), 1)
+    summary = Summary(
+        "Failed", FailureReason.INVALID_SPEC, _short(f"The spec cannot be run: {message}."), stalled=True
+    )
+    status = dict(previous)
+    status.update(
+        {
+            "phase": summary.phase,
+            "observedGeneration": generation,
+            "conditions": merge(
+                previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
+            ),
+        }
+    )
+    return status, summary
+
+
 def _progress_message(run: int, progress: TrainingProgress | None) -> str:
     if progress is None or progress.state in ("starting", "loading"):
         return f"Run {run} is running: the trainer is loading data."

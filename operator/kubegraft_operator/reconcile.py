@@ -198,7 +198,8 @@ class Reconciler:
         try:
             spec = rendering.parse_spec(tj["spec"])
         except InvalidSpecError as exc:
-            raise kopf.PermanentError(f"spec cannot be rendered into a Job: {exc}") from exc
+            await self._report_invalid(tj, str(exc), patch=patch, defer_status=defer_status)
+            return
         plan = planning.plan_run(tj, jobs, rendering.desired_suspend(spec))
         rejection = planning.image_rejection(spec, plan, self.config.image_allowed, ENV_ALLOWED_IMAGES)
         # Act.
@@ -321,16 +322,9 @@ class Reconciler:
         )
         changes = planning.status_patch(previous, result.status)
         if changes:
-            if defer_status and patch is not None:
-                written.status = result.status
-                if written.status_fn is None:
-                    written.status_fn = self._status_fn(uid)
-                if written.status_fn not in patch.fns:
-                    patch.fns.append(written.status_fn)
-            else:
-                path = transferjob_path(namespace, name, "status")
-                await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
-                written.status = result.status
+            await self._write_status(
+                tj, written, result.status, changes, patch=patch, defer_status=defer_status
+            )
             if (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
                 metrics.record_outcome(result.summary.phase, result.summary.reason)
         annotations: dict[str, str | None] = dict(planning.annotations_patch(tj, plan))
@@ -350,6 +344,47 @@ class Reconciler:
             self._event(tj, written, event.type, event.reason, event.message, key=event.key)
         metrics.record_phase(namespace, name, result.summary.phase)
         return result.summary.phase
+
+    async def _report_invalid(
+        self, tj: dict[str, Any], message: str, *, patch: kopf.Patch | None, defer_status: bool
+    ) -> None:
+        """A spec the operator cannot run: Failed with reason InvalidSpec naming the fields, one Event."""
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        uid = tj["metadata"]["uid"]
+        written = self._written.setdefault(uid, _Written())
+        previous = tj.get("status") or {}
+        status, summary = planning.invalid_spec_status(tj, message, now_rfc3339())
+        changes = planning.status_patch(previous, status)
+        if changes:
+            await self._write_status(tj, written, status, changes, patch=patch, defer_status=defer_status)
+            if previous.get("phase") != summary.phase:
+                metrics.record_outcome(summary.phase, summary.reason)
+        generation = tj["metadata"].get("generation")
+        self._event(tj, written, "Warning", summary.reason, summary.message, key=f"invalid/{generation}")
+        metrics.record_phase(namespace, name, summary.phase)
+
+    async def _write_status(
+        self,
+        tj: dict[str, Any],
+        written: _Written,
+        status: dict[str, Any],
+        changes: dict[str, Any],
+        *,
+        patch: kopf.Patch | None,
+        defer_status: bool,
+    ) -> None:
+        """Write a changed status: through kopf's patch from the TransferJob's own handlers, else directly."""
+        if defer_status and patch is not None:
+            written.status = status
+            if written.status_fn is None:
+                written.status_fn = self._status_fn(tj["metadata"]["uid"])
+            if written.status_fn not in patch.fns:
+                patch.fns.append(written.status_fn)
+            return
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        path = transferjob_path(namespace, name, "status")
+        await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
+        written.status = status
 
     def _status_fn(self, uid: str) -> Callable[[kopf.RawBody], None]:
         """kopf patch function: lay this process's latest decided status over the freshest body."""
