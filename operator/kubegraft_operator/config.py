@@ -25,6 +25,7 @@ ENV_SERVICE_ACCOUNT = "KUBEGRAFT_TRAINER_SERVICE_ACCOUNT"
 ENV_ALLOWED_IMAGES = "KUBEGRAFT_ALLOWED_IMAGES"
 ENV_METRICS_PORT = "KUBEGRAFT_METRICS_PORT"
 ENV_PROGRESS_INTERVAL = "KUBEGRAFT_PROGRESS_INTERVAL"
+ENV_PENDING_INTERVAL = "KUBEGRAFT_PENDING_INTERVAL"
 ENV_PEERING_PRIORITY = "KUBEGRAFT_PEERING_PRIORITY"
 ENV_TRAINER_RUN_AS_USER = "KUBEGRAFT_TRAINER_RUN_AS_USER"  # "" for none (OpenShift assigns a UID)
 ENV_LOG_FORMAT = runtime.ENV_LOG_FORMAT  # set by `kubegraft operator --log-format`; passed on to trainers
@@ -35,6 +36,7 @@ DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_PROGRESS_INTERVAL = 5.0
 DEFAULT_RUN_AS_USER = 1000  # the trainer image's USER
+DEFAULT_PENDING_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,23 @@ def progress_interval(env: Mapping[str, str] | None = None) -> float:
     Raises:
         ValueError: the variable is not a positive number.
     """
-    env = os.environ if env is None else env
-    raw = env.get(ENV_PROGRESS_INTERVAL, "").strip()
+    return _seconds(os.environ if env is None else env, ENV_PROGRESS_INTERVAL, DEFAULT_PROGRESS_INTERVAL)
+
+
+def pending_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between reads of why a Pending run waits (Workload, FailedCreate): KUBEGRAFT_PENDING_INTERVAL.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    return _seconds(os.environ if env is None else env, ENV_PENDING_INTERVAL, DEFAULT_PENDING_INTERVAL)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
     if not raw:
-        return DEFAULT_PROGRESS_INTERVAL
-    problem = f"{ENV_PROGRESS_INTERVAL} must be a positive number of seconds, got {raw!r}"
+        return default
+    problem = f"{name} must be a positive number of seconds, got {raw!r}"
     try:
         value = float(raw)
     except ValueError as exc:

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import kopf
 from kubernetes import client as k8s
@@ -65,6 +66,18 @@ def event_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/events"
 
 
+def workloads_path(namespace: str, job_uid: str) -> str:
+    """Kueue Workloads of the Job with uid `job_uid` (Kueue labels them with it) in `namespace`."""
+    selector = quote(f"kueue.x-k8s.io/job-uid={job_uid}")
+    return f"/apis/kueue.x-k8s.io/v1beta1/namespaces/{namespace}/workloads?labelSelector={selector}"
+
+
+def job_events_path(namespace: str, job_uid: str) -> str:
+    """Core v1 Events about the Job with uid `job_uid` in `namespace`."""
+    selector = quote(f"involvedObject.uid={job_uid}")
+    return f"/api/v1/namespaces/{namespace}/events?fieldSelector={selector}"
+
+
 def transferjob_path(namespace: str, name: str, subresource: str = "") -> str:
     """The API path of one TransferJob (or of its subresource, e.g. status)."""
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
@@ -108,6 +121,22 @@ class Kube:
             raise translate_api_error(exc.status, what, str(exc.reason or "")) from exc
         except (HTTPError, OSError) as exc:
             raise translate_api_error(None, what, type(exc).__name__) from exc
+
+    async def list_optional(self, path: str, what: str) -> list[dict[str, Any]] | None:
+        """The items of the list at `path`, or None when it cannot be read (403 by RBAC, 404 not served).
+
+        For extra detail only (Kueue Workloads, a Job's Events): a failure is logged, never raised.
+        """
+        try:
+            answer = await self._request(f"list {what}", "GET", path)
+        except ApiException as exc:
+            log.debug("cannot list %s (%s): status detail skipped", what, exc.status)
+            return None
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            log.debug("cannot list %s: %s", what, exc)
+            return None
+        items = (answer or {}).get("items") if isinstance(answer, Mapping) else None
+        return [dict(item) for item in items or [] if isinstance(item, Mapping)]
 
     async def ping(self) -> None:
         """List one TransferJob: proves the API server answers and the CRD is served (readiness)."""

@@ -5,7 +5,9 @@ Every handler delegates to `reconcile.Reconciler.reconcile` with the observation
 - watch events of the TransferJob's Jobs and Pods: reconcile the owner at once (a Job finished, a pod failed);
 - a timer while a TransferJob is Running (every KUBEGRAFT_PROGRESS_INTERVAL seconds, default 5): reconcile
   with a /progress poll of the trainer (kopf puts its finalizer `kubegraft.io/finalizer` on the TransferJob
-  while the timer runs, to stop it on deletion);
+  while a timer runs, to stop it on deletion);
+- a timer while it is Pending (every KUBEGRAFT_PENDING_INTERVAL seconds, default 30): reconcile reading why
+  it waits (Kueue Workload, FailedCreate);
 Handlers return nothing (kopf would store results in status). Indices are filled before any handler runs, so
 after a restart the operator sees every existing Job before it decides anything.
 """
@@ -22,7 +24,12 @@ import kopf
 
 from kubegraft.spec import GROUP, PLURAL, VERSION
 from kubegraft_operator import metrics, standby
-from kubegraft_operator.config import ENV_PEERING_PRIORITY, load_config, progress_interval
+from kubegraft_operator.config import (
+    ENV_PEERING_PRIORITY,
+    load_config,
+    pending_interval,
+    progress_interval,
+)
 from kubegraft_operator.kube import Kube, load_api_client
 from kubegraft_operator.observation import JobView, PodView, observe_job, observe_pod
 from kubegraft_operator.progress_client import ProgressClient
@@ -35,6 +42,9 @@ PEERING_NAME = "kubegraft"
 # Decorator arguments are fixed at import, so the timer's interval is read here (an invalid value stops the
 # operator at start, like every other setting).
 PROGRESS_INTERVAL = progress_interval()
+# How often a Pending TransferJob re-reads why it waits (its Kueue Workload, its Job's FailedCreate Events):
+# neither changes the Job or its pods, so no watch event would tell. KUBEGRAFT_PENDING_INTERVAL, default 30.
+PENDING_EXPLAIN_INTERVAL = pending_interval()
 # kopf's routine per-object INFO lines, demoted to DEBUG (thousands of TransferJobs flood the log otherwise).
 ROUTINE_LOG_PREFIXES = (
     "Handler '",
@@ -159,11 +169,14 @@ async def _reconcile(
     poll: bool = False,
     patch: kopf.Patch | None = None,
     defer_status: bool = False,
+    explain: bool = False,
 ) -> None:
     """Reconcile one TransferJob with its children as kopf's indices (handler kwargs) hold them."""
     jobs: list[JobView] = list(indices["job_index"].get(key, ()))
     pods: list[PodView] = list(indices["pod_index"].get(key, ()))
-    await memo.reconciler.reconcile(body, jobs, pods, poll=poll, patch=patch, defer_status=defer_status)
+    await memo.reconciler.reconcile(
+        body, jobs, pods, poll=poll, patch=patch, defer_status=defer_status, explain=explain
+    )
 
 
 @kopf.on.resume(*TRANSFERJOBS)
@@ -206,6 +219,23 @@ async def poll_progress(
 ) -> None:
     """While a TransferJob is Running: read its trainer's /progress into status and metrics."""
     await _reconcile(memo, body, (namespace or "", name), kwargs, poll=True, patch=kwargs["patch"])
+
+
+def _is_pending(*, status: kopf.Status, **_: Any) -> bool:
+    return bool(status.get("phase") == "Pending")
+
+
+@kopf.timer(
+    *TRANSFERJOBS,
+    interval=PENDING_EXPLAIN_INTERVAL,
+    initial_delay=PENDING_EXPLAIN_INTERVAL,
+    when=_is_pending,
+)
+async def explain_pending(
+    *, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
+) -> None:
+    """While a TransferJob is Pending: read why (Kueue Workload, FailedCreate Events) into its conditions."""
+    await _reconcile(memo, body, (namespace or "", name), kwargs, patch=kwargs["patch"], explain=True)
 
 
 @kopf.on.event(*TRANSFERJOBS)

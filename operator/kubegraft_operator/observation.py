@@ -7,7 +7,7 @@ planning's inputs easy to build in unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from kubegraft.runtime import ANNOTATION_COMPLETION_INDEX
 from kubegraft_operator.rendering import (
     ANNOTATION_GENERATION,
     ANNOTATION_SPEC_HASH,
+    ANNOTATION_SUSPENDED,
     CONTAINER_NAME,
     LABEL_RUN,
     LABEL_TRANSFERJOB,
@@ -44,6 +45,8 @@ class JobView:
     generation: int = 0
     suspend: bool = False
     completions: int = 1  # spec.completions: the run's worker pods
+    suspended_by_operator: bool = False  # the operator's own suspend (ANNOTATION_SUSPENDED), not Kueue's
+    uid: str = ""
     active: int = 0
     ready: int = 0
     succeeded: int = 0
@@ -126,6 +129,8 @@ def observe_job(body: Mapping[str, Any]) -> JobView:
         generation=_int(annotations.get(ANNOTATION_GENERATION)),
         suspend=bool((body.get("spec") or {}).get("suspend", False)),
         completions=_int((body.get("spec") or {}).get("completions"), 1),
+        suspended_by_operator=annotations.get(ANNOTATION_SUSPENDED) == "true",
+        uid=meta.get("uid") or "",
         active=_int(status.get("active")),
         ready=_int(status.get("ready")),
         succeeded=_int(status.get("succeeded")),
@@ -195,3 +200,57 @@ def observe_pod(body: Mapping[str, Any]) -> PodView:
         deleting=bool(meta.get("deletionTimestamp")),
         index=_int(raw_index, -1) if raw_index is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """A Kueue Workload of a run's Job (kueue.x-k8s.io/v1beta1): its queue and admission conditions."""
+
+    name: str
+    queue_name: str = ""
+    conditions: tuple[JobCondition, ...] = ()
+
+    def condition(self, type_: str) -> JobCondition | None:
+        """The condition of type `type_` (any status), or None."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+def _conditions(raw: Any) -> tuple[JobCondition, ...]:
+    return tuple(
+        JobCondition(
+            type=c.get("type", ""),
+            status=c.get("status", ""),
+            reason=c.get("reason") or "",
+            message=c.get("message") or "",
+            last_transition_time=c.get("lastTransitionTime"),
+        )
+        for c in raw or []
+    )
+
+
+def job_workload(workloads: Iterable[Mapping[str, Any]], job_uid: str) -> WorkloadView | None:
+    """The Workload Kueue made for the Job with uid `job_uid` (its owner), from a list of Workloads."""
+    for body in workloads:
+        meta = body.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        labels = meta.get("labels") or {}
+        if any(o.get("uid") == job_uid for o in owners) or labels.get("kueue.x-k8s.io/job-uid") == job_uid:
+            return WorkloadView(
+                name=meta.get("name", ""),
+                queue_name=(body.get("spec") or {}).get("queueName") or "",
+                conditions=_conditions((body.get("status") or {}).get("conditions")),
+            )
+    return None
+
+
+def failed_create_message(events: Iterable[Mapping[str, Any]], job_uid: str) -> str | None:
+    """The newest FailedCreate Event of the Job with uid `job_uid` (e.g. a ResourceQuota refused its pod)."""
+    found = [
+        e
+        for e in events
+        if e.get("reason") == "FailedCreate" and (e.get("involvedObject") or {}).get("uid") == job_uid
+    ]
+    if not found:
+        return None
+    newest = max(found, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(newest.get("message") or "the Job controller could not create the pod")

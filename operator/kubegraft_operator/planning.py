@@ -27,7 +27,7 @@ from kubegraft.runtime import WARNING_NOTICES, ExitCode, FailureReason, Notice, 
 from kubegraft.spec import TransferJobSpec
 from kubegraft.status import ConditionType
 from kubegraft_operator.conditions import DesiredCondition, find, merge
-from kubegraft_operator.observation import JobView, PodView, Terminated
+from kubegraft_operator.observation import JobView, PodView, Terminated, WorkloadView
 from kubegraft_operator.rendering import job_name, spec_hash
 
 ANNOTATION_RUN = "kubegraft.io/run"
@@ -65,6 +65,7 @@ class Reason:
     JOB_MISSING = "JobMissing"
     TRANSFER_GAIN = "TransferGain"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    FAILED_CREATE = "FailedCreate"
 
 
 # Metric names (trainer contract) that say the run measured itself against the raw-pixel baseline.
@@ -149,6 +150,8 @@ def plan_run(
     suspend = None
     if current is not None and current.outcome is None and desired_suspend is not None:
         suspend = desired_suspend if current.suspend != desired_suspend else None
+        if suspend is False and not current.suspended_by_operator:
+            suspend = None  # someone else suspended it (Kueue, manageJobsWithoutQueueName): theirs to resume
     wanted = {
         ANNOTATION_RUN: str(run),
         ANNOTATION_RUN_SPEC_HASH: digest,
@@ -217,6 +220,19 @@ class Summary:
     reason: str
     message: str
     stalled: bool = False
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the cluster says about a run that waits, read by the pending timer (`reconcile`, explain=True).
+
+    Attributes:
+        workload: the Kueue Workload of the run's suspended Job, when readable (RBAC, Kueue installed).
+        failed_create: the newest FailedCreate Event of the run's Job (e.g. a ResourceQuota refused its pod).
+    """
+
+    workload: WorkloadView | None = None
+    failed_create: str | None = None
 
 
 @dataclass(frozen=True)
@@ -307,13 +323,47 @@ def _failed_summary(spec: TransferJobSpec, job: JobView, run: int, pods: Sequenc
     return Summary("Failed", reason, _short(f"Run {run} failed: {message}."), stalled=True)
 
 
-def _suspended_summary(spec: TransferJobSpec, run: int) -> Summary:
+def _workload_detail(workload: WorkloadView) -> str:
+    """Where a Kueue Workload stands, from its Evicted, Admitted and QuotaReserved conditions."""
+    evicted, admitted = workload.condition("Evicted"), workload.condition("Admitted")
+    reserved = workload.condition("QuotaReserved")
+    if evicted is not None and evicted.status == "True":
+        return f"evicted ({evicted.reason}): {evicted.message}".rstrip(": ")
+    if admitted is not None and admitted.status == "True":
+        return "admitted; the Job starts shortly"
+    if reserved is not None and reserved.status == "True":
+        waiting = f": {admitted.message}" if admitted is not None and admitted.message else ""
+        return f"quota reserved, waiting for admission checks{waiting}"
+    if reserved is not None and reserved.message:
+        return reserved.message
+    return "waiting for quota"
+
+
+def _queued_summary(spec: TransferJobSpec, run: int, workload: WorkloadView | None) -> Summary:
+    """Pending/Queued: Kueue (or another controller) holds the Job suspended; the Workload says why."""
+    queue = spec.scheduling.queue_name or (workload.queue_name if workload is not None else "")
+    if workload is not None:
+        where = f" from queue {queue}" if queue else ""
+        text = f"Run {run} waits for Kueue to admit it{where} (Workload {workload.name}: "
+        return Summary("Pending", Reason.QUEUED, _short(f"{text}{_workload_detail(workload)})."))
+    if queue:
+        text = f"Run {run} waits for Kueue to admit it from queue {queue}."
+        return Summary("Pending", Reason.QUEUED, text)
+    text = (
+        f"Run {run}'s Job was suspended by another controller (e.g. Kueue with manageJobsWithoutQueueName); "
+        "it resumes when that controller unsuspends it."
+    )
+    return Summary("Pending", Reason.QUEUED, text)
+
+
+def _suspended_summary(
+    spec: TransferJobSpec, run: int, job: JobView, workload: WorkloadView | None
+) -> Summary:
     if spec.run_policy.suspend:
         text = f"Run {run} is suspended; set spec.runPolicy.suspend to false to resume."
         return Summary("Suspended", Reason.SUSPENDED, text)
-    if spec.scheduling.queue_name:
-        text = f"Run {run} waits for Kueue to admit it from queue {spec.scheduling.queue_name}."
-        return Summary("Pending", Reason.QUEUED, text)
+    if spec.scheduling.queue_name or not job.suspended_by_operator:
+        return _queued_summary(spec, run, workload)
     return Summary("Pending", Reason.RESUMING, f"Run {run} is resuming.")
 
 
@@ -340,8 +390,14 @@ def summarize(
     plan: RunPlan,
     pods: Sequence[PodView],
     progress: TrainingProgress | None,
+    explanation: Explanation | None = None,
 ) -> Summary:
-    """The run's phase, reason and message from its Job, its pods (this run's) and the trainer's progress."""
+    """The run's phase, reason and message from its Job, its pods (this run's) and the trainer's progress.
+
+    `explanation` (the pending timer's reading of the Workload and the Job's Events) details a run that
+    waits: Queued from the Kueue Workload's conditions, FailedCreate when no pod could be created.
+    """
+    explanation = explanation or Explanation()
     job, run = plan.job, plan.run
     if job is None:
         return Summary("Pending", Reason.JOB_CREATED, f"Creating the Job of run {run}.")
@@ -350,7 +406,10 @@ def summarize(
     if job.outcome == "Failed":
         return _failed_summary(spec, job, run, pods)
     if job.suspend:
-        return _suspended_summary(spec, run)
+        return _suspended_summary(spec, run, job, explanation.workload)
+    if explanation.failed_create and len([p for p in pods if not p.deleting]) < job.completions:
+        text = f"The Job controller cannot create the trainer pod of run {run}: {explanation.failed_create}"
+        return Summary("Pending", Reason.FAILED_CREATE, _short(text), stalled=True)
     # With several workers the chief (worker 0) tells how the run goes; any worker may be stuck.
     pod = _latest([p for p in pods if p.chief])
     last = _last_terminated(pods)
@@ -395,6 +454,32 @@ def image_rejection(
         "(chart value trainer.allowedImages); use an allowed image or ask the cluster's operator to allow it."
     )
     return Summary("Failed", Reason.IMAGE_NOT_ALLOWED, _short(text), stalled=True)
+
+
+def invalid_spec_status(
+    transferjob: Mapping[str, Any], message: str, now: str
+) -> tuple[dict[str, Any], Summary]:
+    """The status of a TransferJob whose spec cannot be run: Failed/Stalled, reason InvalidSpec, no Job.
+
+    The previous run's fields are kept (its Job, if still there, is left alone); a corrected spec starts
+    the next run.
+    """
+    previous = dict(transferjob.get("status") or {})
+    generation = _int(transferjob["metadata"].get("generation"), 1)
+    summary = Summary(
+        "Failed", FailureReason.INVALID_SPEC, _short(f"The spec cannot be run: {message}."), stalled=True
+    )
+    status = dict(previous)
+    status.update(
+        {
+            "phase": summary.phase,
+            "observedGeneration": generation,
+            "conditions": merge(
+                previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
+            ),
+        }
+    )
+    return status, summary
 
 
 def _progress_message(run: int, progress: TrainingProgress | None) -> str:
@@ -563,6 +648,7 @@ def derive_status(
     *,
     spec: TransferJobSpec | None = None,
     rejection: Summary | None = None,
+    explanation: Explanation | None = None,
 ) -> StatusResult:
     """The status for the current run and the Events explaining what changed since the previous status.
 
@@ -574,6 +660,8 @@ def derive_status(
         now: RFC 3339 time of this observation.
         spec: the already parsed `transferjob["spec"]`, if the caller has it (parsed here otherwise).
         rejection: why the run's Job was not created (`image_rejection`): the run is Failed with it.
+        explanation: what the pending timer read about a waiting run; None keeps the previous status's
+            explanation (Queued message, FailedCreate) while nothing else changed.
     """
     spec = spec if spec is not None else TransferJobSpec.model_validate(dict(transferjob["spec"]))
     previous = dict(transferjob.get("status") or {})
@@ -583,7 +671,11 @@ def derive_status(
     if plan.finished_without_job and same_run:
         return _kept_status(previous, generation, now)
     rejected = rejection is not None and plan.job is None
-    summary = rejection if rejection is not None and rejected else summarize(spec, plan, run_pods, progress)
+    if rejection is not None and rejected:
+        summary = rejection
+    else:
+        kept = previous if same_run else {}
+        summary = _waiting_explained(spec, plan, run_pods, progress, explanation=explanation, previous=kept)
     status: dict[str, Any] = {k: previous[k] for k in _PROGRESS_FIELDS if same_run and k in previous}
     last = _last_terminated(run_pods)
     final = None
@@ -629,6 +721,40 @@ def derive_status(
         status["completionTime"] = completion
     events = _events(previous, plan, summary, run_pods)
     return StatusResult(status, summary, tuple(events), progress or final)
+
+
+def _waiting_explained(
+    spec: TransferJobSpec,
+    plan: RunPlan,
+    pods: Sequence[PodView],
+    progress: TrainingProgress | None,
+    *,
+    explanation: Explanation | None,
+    previous: Mapping[str, Any],
+) -> Summary:
+    """`summarize`, with the pending timer's explanation, or the previous one kept when there is none."""
+    summary = summarize(spec, plan, pods, progress, explanation)
+    if explanation is None and previous:
+        summary = _kept_explanation(previous, summary, pods, plan.job)
+    return summary
+
+
+def _kept_explanation(
+    previous: Mapping[str, Any], summary: Summary, pods: Sequence[PodView], job: JobView | None
+) -> Summary:
+    """The previous status's explanation of a waiting run, while the run still waits the same way.
+
+    Only the pending timer reads Workloads and Events; a reconcile for another reason (a spec or pod event)
+    keeps what it found instead of flipping the message back and forth.
+    """
+    ready = find(previous.get("conditions") or [], ConditionType.READY) or {}
+    reason, message = ready.get("reason"), str(ready.get("message") or "")
+    short = job is not None and len([p for p in pods if not p.deleting]) < job.completions
+    if summary.reason == Reason.STARTING and reason == Reason.FAILED_CREATE and short:
+        return Summary("Pending", Reason.FAILED_CREATE, message, stalled=True)
+    if summary.reason == Reason.QUEUED and reason == Reason.QUEUED and "(Workload " in message:
+        return replace(summary, message=message)
+    return summary
 
 
 def _ready_reason(status: Mapping[str, Any]) -> str:

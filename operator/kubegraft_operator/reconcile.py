@@ -46,11 +46,19 @@ from kubegraft_operator.kube import (
     Kube,
     configmap_path,
     event_path,
+    job_events_path,
     job_path,
     service_path,
     transferjob_path,
+    workloads_path,
 )
-from kubegraft_operator.observation import JobView, PodView, observe_job
+from kubegraft_operator.observation import (
+    JobView,
+    PodView,
+    failed_create_message,
+    job_workload,
+    observe_job,
+)
 from kubegraft_operator.progress_client import ProgressClient
 
 MAX_EVENT_KEYS = 64
@@ -133,6 +141,7 @@ class Reconciler:
         poll: bool = False,
         patch: kopf.Patch | None = None,
         defer_status: bool = False,
+        explain: bool = False,
     ) -> None:
         """Bring one TransferJob's children and status in line with its spec (see the module docstring).
 
@@ -145,6 +154,8 @@ class Reconciler:
                 ride along with kopf's own bookkeeping patch (one request instead of two).
             defer_status: with `patch`, write the status through it too (the TransferJob's own change
                 handlers; see the module docstring).
+            explain: for a run that waits, also read why: its Kueue Workload (Queued) and its Job's
+                FailedCreate Events (the pending timer sets it; both reads tolerate 403 and 404).
 
         Raises:
             kopf.TemporaryError: the API failed in a way worth retrying.
@@ -164,6 +175,7 @@ class Reconciler:
                     poll=poll,
                     patch=patch,
                     defer_status=defer_status and patch is not None,
+                    explain=explain,
                 )
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
@@ -180,12 +192,14 @@ class Reconciler:
         poll: bool,
         patch: kopf.Patch | None,
         defer_status: bool,
+        explain: bool = False,
     ) -> None:
         # Observe + plan.
         try:
             spec = rendering.parse_spec(tj["spec"])
         except InvalidSpecError as exc:
-            raise kopf.PermanentError(f"spec cannot be rendered into a Job: {exc}") from exc
+            await self._report_invalid(tj, str(exc), patch=patch, defer_status=defer_status)
+            return
         plan = planning.plan_run(tj, jobs, rendering.desired_suspend(spec))
         rejection = planning.image_rejection(spec, plan, self.config.image_allowed, ENV_ALLOWED_IMAGES)
         # Act.
@@ -205,12 +219,37 @@ class Reconciler:
             )
             if pod is not None and pod.pod_ip:
                 progress = await self.progress.fetch(pod.pod_ip)
+        explanation = await self._explain(tj, plan, pods) if explain else None
         # Report.
         phase = await self._report(
-            tj, spec, plan, pods, progress, patch=patch, defer_status=defer_status, rejection=rejection
+            tj,
+            spec,
+            plan,
+            pods,
+            progress,
+            patch=patch,
+            defer_status=defer_status,
+            rejection=rejection,
+            explanation=explanation,
         )
         if progress is not None and phase == "Running":
             metrics.record_progress(tj["metadata"]["namespace"], tj["metadata"]["name"], progress, polled_at)
+
+    async def _explain(
+        self, tj: dict[str, Any], plan: planning.RunPlan, pods: list[PodView]
+    ) -> planning.Explanation:
+        """Why a run waits: the Workload of a suspended Job, the FailedCreate Events of one short of pods."""
+        job = plan.job
+        if job is None or job.outcome is not None or not job.uid:
+            return planning.Explanation()
+        namespace = tj["metadata"]["namespace"]
+        if job.suspend:
+            listed = await self.kube.list_optional(workloads_path(namespace, job.uid), "Kueue Workloads")
+            return planning.Explanation(workload=job_workload(listed or [], job.uid))
+        if len([p for p in pods if p.run == plan.run and not p.deleting]) < job.completions:
+            events = await self.kube.list_optional(job_events_path(namespace, job.uid), "Job Events")
+            return planning.Explanation(failed_create=failed_create_message(events or [], job.uid))
+        return planning.Explanation()
 
     async def _act(
         self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec, *, create: bool = True
@@ -246,12 +285,18 @@ class Reconciler:
                 )
             plan = replace(plan, job=observe_job(job), create=False)
         if plan.suspend is not None and plan.job is not None:
+            # The mark says the operator suspended it: only then may it unsuspend it later.
+            mark = "true" if plan.suspend else None
             await self.kube.patch(
                 job_path(namespace, plan.job.name),
-                {"spec": {"suspend": plan.suspend}},
+                {
+                    "metadata": {"annotations": {rendering.ANNOTATION_SUSPENDED: mark}},
+                    "spec": {"suspend": plan.suspend},
+                },
                 f"Job {plan.job.name}",
             )
-            plan = replace(plan, job=replace(plan.job, suspend=plan.suspend), suspend=None)
+            patched = replace(plan.job, suspend=plan.suspend, suspended_by_operator=plan.suspend)
+            plan = replace(plan, job=patched, suspend=None)
         return plan
 
     async def _report(
@@ -265,6 +310,7 @@ class Reconciler:
         patch: kopf.Patch | None,
         defer_status: bool = False,
         rejection: planning.Summary | None = None,
+        explanation: planning.Explanation | None = None,
     ) -> str:
         """Write the status (only when changed) and the run annotations; post Events; return the phase."""
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
@@ -272,20 +318,13 @@ class Reconciler:
         written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
         result = planning.derive_status(
-            tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection
+            tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection, explanation=explanation
         )
         changes = planning.status_patch(previous, result.status)
         if changes:
-            if defer_status and patch is not None:
-                written.status = result.status
-                if written.status_fn is None:
-                    written.status_fn = self._status_fn(uid)
-                if written.status_fn not in patch.fns:
-                    patch.fns.append(written.status_fn)
-            else:
-                path = transferjob_path(namespace, name, "status")
-                await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
-                written.status = result.status
+            await self._write_status(
+                tj, written, result.status, changes, patch=patch, defer_status=defer_status
+            )
             if (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
                 metrics.record_outcome(result.summary.phase, result.summary.reason)
         annotations: dict[str, str | None] = dict(planning.annotations_patch(tj, plan))
@@ -305,6 +344,47 @@ class Reconciler:
             self._event(tj, written, event.type, event.reason, event.message, key=event.key)
         metrics.record_phase(namespace, name, result.summary.phase)
         return result.summary.phase
+
+    async def _report_invalid(
+        self, tj: dict[str, Any], message: str, *, patch: kopf.Patch | None, defer_status: bool
+    ) -> None:
+        """A spec the operator cannot run: Failed with reason InvalidSpec naming the fields, one Event."""
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        uid = tj["metadata"]["uid"]
+        written = self._written.setdefault(uid, _Written())
+        previous = tj.get("status") or {}
+        status, summary = planning.invalid_spec_status(tj, message, now_rfc3339())
+        changes = planning.status_patch(previous, status)
+        if changes:
+            await self._write_status(tj, written, status, changes, patch=patch, defer_status=defer_status)
+            if previous.get("phase") != summary.phase:
+                metrics.record_outcome(summary.phase, summary.reason)
+        generation = tj["metadata"].get("generation")
+        self._event(tj, written, "Warning", summary.reason, summary.message, key=f"invalid/{generation}")
+        metrics.record_phase(namespace, name, summary.phase)
+
+    async def _write_status(
+        self,
+        tj: dict[str, Any],
+        written: _Written,
+        status: dict[str, Any],
+        changes: dict[str, Any],
+        *,
+        patch: kopf.Patch | None,
+        defer_status: bool,
+    ) -> None:
+        """Write a changed status: through kopf's patch from the TransferJob's own handlers, else directly."""
+        if defer_status and patch is not None:
+            written.status = status
+            if written.status_fn is None:
+                written.status_fn = self._status_fn(tj["metadata"]["uid"])
+            if written.status_fn not in patch.fns:
+                patch.fns.append(written.status_fn)
+            return
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        path = transferjob_path(namespace, name, "status")
+        await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
+        written.status = status
 
     def _status_fn(self, uid: str) -> Callable[[kopf.RawBody], None]:
         """kopf patch function: lay this process's latest decided status over the freshest body."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import kopf
 import yaml
+from pydantic import ValidationError
 
 from kubegraft import runtime
 from kubegraft.scheduling import SchedulingSpec
@@ -36,6 +37,9 @@ LABEL_RUN = "kubegraft.io/run"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_SPEC_HASH = "kubegraft.io/spec-hash"
 ANNOTATION_GENERATION = "kubegraft.io/generation"
+# On a Job the operator itself suspended (runPolicy.suspend): only such a Job is ever unsuspended by it. A Job
+# suspended by anyone else (Kueue, also with manageJobsWithoutQueueName) is theirs to resume.
+ANNOTATION_SUSPENDED = "kubegraft.io/suspended"
 SPEC_VOLUME = "spec"
 SCRATCH_VOLUME = "scratch"
 TMP_VOLUME = "tmp"
@@ -106,10 +110,32 @@ def labels(transferjob: str, run: int) -> dict[str, str]:
     }
 
 
+# Union member tags pydantic puts into error locations ("int", "str", "function-after[...]"): not fields.
+_NOT_FIELDS = frozenset({"int", "str", "float", "bool"})
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, `spec.<field path>: <what is wrong>` (the API server's way of saying it)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(
+            str(part) for part in error["loc"] if str(part) not in _NOT_FIELDS and "[" not in str(part)
+        )
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"spec.{path}: {message}" if path else f"spec: {message}")
+    return "; ".join(lines)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> TransferJobSpec:
-    """The typed spec, or `InvalidSpecError` with pydantic's explanation (admission prevents this)."""
+    """The typed spec, or `InvalidSpecError` naming each bad field.
+
+    Admission (the CRD's schema and CEL rules) refuses almost everything the model refuses; what it cannot
+    check (e.g. the syntax of `pod.labels` keys) ends here and the TransferJob fails with InvalidSpec.
+    """
     try:
         return TransferJobSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise InvalidSpecError(_describe(exc)) from exc
     except ValueError as exc:
         raise InvalidSpecError(str(exc)) from exc
 
@@ -459,5 +485,7 @@ def render_job(
         },
         "spec": job_spec,
     }
+    if policy.suspend:
+        body["metadata"]["annotations"][ANNOTATION_SUSPENDED] = "true"
     kopf.adopt(body, owner=transferjob)  # type: ignore[arg-type]
     return body

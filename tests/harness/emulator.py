@@ -1404,6 +1404,56 @@ class EnrichedEmulator(kmock.KubernetesEmulator):
 # Building and serving
 
 
+def _quota_used(pod: JsonObj, resource: str) -> int:
+    """What `pod` counts against a ResourceQuota's `resource` (`pods`, or `requests.<integer resource>`)."""
+    if resource == "pods":
+        return 1
+    name = resource.removeprefix("requests.")
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        amounts = container.get("resources") or {}
+        value = (amounts.get("requests") or {}).get(name, (amounts.get("limits") or {}).get(name, 0))
+        with contextlib.suppress(TypeError, ValueError):
+            total += int(value)
+    return total
+
+
+def _pod_quota(emulator: EnrichedEmulator) -> AdmissionHook:
+    """The ResourceQuota admission of pods: `pods` and integer `requests.*` (e.g. requests.nvidia.com/gpu).
+
+    Like kube-apiserver, a pod that would exceed a quota of its namespace is refused with 403 Forbidden and
+    the quota's words; pods that finished do not count. cpu/memory quotas are not emulated.
+    """
+
+    def admit(ref: ResourceRef, old: JsonObj | None, new: JsonObj) -> JsonObj:
+        if old is not None:
+            return new
+        namespace, name = new["metadata"].get("namespace"), new["metadata"].get("name", "")
+        live = [
+            p
+            for (ns, _), p in emulator.store[("", "v1", "pods")].items()
+            if ns == namespace and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        for (ns, quota_name), quota in sorted(emulator.store[("", "v1", "resourcequotas")].items()):
+            if ns != namespace:
+                continue
+            for resource, hard in sorted(((quota.get("spec") or {}).get("hard") or {}).items()):
+                if resource != "pods" and not resource.startswith("requests."):
+                    continue
+                requested = _quota_used(new, resource)
+                used = sum(_quota_used(p, resource) for p in live)
+                if requested and used + requested > int(hard):
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'pods "{name}" is forbidden: exceeded quota: {quota_name}, requested: '
+                        f"{resource}={requested}, used: {resource}={used}, limited: {resource}={hard}",
+                    )
+        return new
+
+    return admit
+
+
 def build_emulator(pod_logs_dir: Path | None = None) -> EnrichedEmulator:
     """An emulator with the builtin kinds, TransferJob, kopf's peering resources and default namespaces."""
     from kubegraft import spec
@@ -1426,6 +1476,11 @@ def build_emulator(pod_logs_dir: Path | None = None) -> EnrichedEmulator:
     emulator.resources["kopf.dev/v1/kopfpeerings"] = kmock.ResourceInfo(
         kind="KopfPeering", singular="kopfpeering", namespaced=True, verbs=all_verbs
     )
+    # Kueue's Workloads, for tests that play Kueue (the operator reads them to explain Queued).
+    emulator.resources["kueue.x-k8s.io/v1beta1/workloads"] = kmock.ResourceInfo(
+        kind="Workload", singular="workload", namespaced=True, verbs=all_verbs, subresources={"status"}
+    )
+    emulator.admission[("", "pods")] = _pod_quota(emulator)
     ns_ref = emulator.resource_ref("", "v1", "namespaces")
     for namespace in ("default", "kube-system", "kube-public"):
         ns_obj = {

@@ -627,12 +627,18 @@ class TestKubelet:
                 wanted = min(len(missing), parallelism - len(active))
                 if wanted > 0 and since_failure >= self.pod_backoff_seconds:
                     for index in missing[:wanted]:
-                        active.append(await self._create_pod(job, index))
+                        created = await self._try_create_pod(job, index)
+                        if created is None:
+                            break
+                        active.append(created)
             else:
                 wanted = min(parallelism, completions - status.get("succeeded", 0)) - len(active)
                 if wanted > 0 and since_failure >= self.pod_backoff_seconds:
                     for _ in range(wanted):
-                        active.append(await self._create_pod(job))
+                        created = await self._try_create_pod(job)
+                        if created is None:
+                            break
+                        active.append(created)
         status["active"] = len(active)
         status["ready"] = sum(1 for p in active if p.get("status", {}).get("phase") == "Running")
         status["terminating"] = 0
@@ -648,6 +654,44 @@ class TestKubelet:
                 "application/merge-patch+json",
             )
             self._remember(self._jobs, updated)
+
+    async def _try_create_pod(self, job: JsonObj, index: int | None = None) -> JsonObj | None:
+        """`_create_pod`, or None when the API refuses it with 403 (a ResourceQuota): then, like the Job
+        controller, a `FailedCreate` Event on the Job and a retry after the back-off."""
+        try:
+            return await self._create_pod(job, index)
+        except ApiCallError as exc:
+            if exc.code != 403:
+                raise
+            self._last_failure[job["metadata"]["uid"]] = time.monotonic()
+            await self._failed_create(job, str(exc.status.get("message", exc)))
+            return None
+
+    async def _failed_create(self, job: JsonObj, message: str) -> None:
+        """The Job controller's Warning Event `FailedCreate` on `job` (as `kubectl describe job` shows it)."""
+        namespace, name = _key(job)
+        now = _now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": name,
+                "namespace": namespace,
+                "uid": job["metadata"]["uid"],
+            },
+            "type": "Warning",
+            "reason": "FailedCreate",
+            "message": f"Error creating: {message}",
+            "source": {"component": "job-controller"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with contextlib.suppress(ApiCallError):
+            await self._api("POST", f"/api/v1/namespaces/{namespace}/events", event)
 
     async def _delete_pods(self, pods: list[JsonObj]) -> None:
         for pod in pods:

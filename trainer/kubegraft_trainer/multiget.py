@@ -8,6 +8,10 @@ on 2,000 objects of 0.5 KiB from SeaweedFS on the same two cores: urllib3 on 32 
 `MultiGetter.get_many` takes already signed requests and returns each body on a 200 answer, else None: the
 caller redoes those through its normal path, so errors and their reasons stay boto3's. Each thread keeps its
 own multi handle and easy handles, so connections stay open (keep-alive) from one batch to the next.
+
+TLS and proxies are the caller's (`s3_http.HttpSettings`, botocore's resolution): the CA bundle boto3 trusts,
+certificates always verified unless boto3's are not, the proxy boto3 would use for the endpoint (or none:
+libcurl's own reading of ``http_proxy`` and friends is switched off), an optional client certificate.
 """
 
 from __future__ import annotations
@@ -41,10 +45,22 @@ class MultiGetter:
         connect_timeout: Seconds to open a connection.
         read_timeout: A transfer slower than one byte per second for this long is abandoned.
         ca_bundle: File of CA certificates for HTTPS (else the system's, as Python's ``ssl`` finds them).
+        verify: Verify the server's certificate and host name (boto3's ``verify``); False only if boto3's is.
+        proxy: Proxy URL for every request (``http://[user:pass@]host:port``); None for a direct connection.
+        proxy_ca_bundle: CA certificates for an ``https://`` proxy.
+        client_cert: A client certificate file, or (certificate, key) files, for mutual TLS.
     """
 
     def __init__(
-        self, *, connect_timeout: int = 10, read_timeout: int = 60, ca_bundle: str | None = None
+        self,
+        *,
+        connect_timeout: int = 10,
+        read_timeout: int = 60,
+        ca_bundle: str | None = None,
+        verify: bool = True,
+        proxy: str | None = None,
+        proxy_ca_bundle: str | None = None,
+        client_cert: str | tuple[str, str] | None = None,
     ) -> None:
         if pycurl is None:
             raise RuntimeError("pycurl is not installed")
@@ -55,6 +71,10 @@ class MultiGetter:
         capath = paths.capath if paths.capath and Path(paths.capath).is_dir() else None
         self._cafile = ca_bundle or cafile
         self._capath = None if ca_bundle else capath
+        self._verify = verify
+        self._proxy = proxy or ""
+        self._proxy_cafile = proxy_ca_bundle
+        self._client_cert = (client_cert, None) if isinstance(client_cert, str) else client_cert
         self._local = threading.local()
 
     @staticmethod
@@ -69,12 +89,22 @@ class MultiGetter:
         handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         handle.setopt(pycurl.LOW_SPEED_TIME, self.read_timeout)
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
-        handle.setopt(pycurl.PROXY, "")  # the caller uses this path only where no proxy applies
+        handle.setopt(pycurl.PROXY, self._proxy)  # "" also turns off libcurl's own *_proxy variables
         handle.setopt(pycurl.TCP_KEEPALIVE, 1)
         if self._cafile:
             handle.setopt(pycurl.CAINFO, self._cafile)
         if self._capath:
             handle.setopt(pycurl.CAPATH, self._capath)
+        if not self._verify:
+            handle.setopt(pycurl.SSL_VERIFYPEER, 0)
+            handle.setopt(pycurl.SSL_VERIFYHOST, 0)
+        if self._proxy_cafile:
+            handle.setopt(pycurl.PROXY_CAINFO, self._proxy_cafile)
+        if self._client_cert is not None:
+            cert, key = self._client_cert
+            handle.setopt(pycurl.SSLCERT, cert)
+            if key:
+                handle.setopt(pycurl.SSLKEY, key)
         return handle
 
     def _state(self) -> tuple[Any, list[Any]]:

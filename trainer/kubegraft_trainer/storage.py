@@ -16,11 +16,17 @@ Reading many small objects is dominated by botocore's per-request CPU (about 3 m
 which on a few cores caps a training pod at a few hundred images per second. `S3Storage.read_bytes`
 therefore signs each GET itself (`GetSigner`: AWS Signature Version 4 for a body-less GET, with the client's
 own credentials, refreshed by botocore's provider chain, its region and its addressing; the derived signing
-key is cached per day, a seventh of botocore's signer's CPU) and sends it on the urllib3 connection pool of
-the endpoint (the HTTP library botocore itself uses, with keep-alive); anything but a 200 answer is redone
-through the normal boto3 call, so errors, retries and their reasons stay botocore's. `S3Storage.read_many`
-goes further for the data loader: a batch's signed GETs run at once on libcurl (`multiget`), at an eighth of
-urllib3's client CPU per small object, with the same fallback for whatever does not come back with a 200.
+key is cached per day, a seventh of botocore's signer's CPU) and sends it on botocore's own HTTP session
+(`URLLib3Session`, with keep-alive); anything but a 200 answer is redone through the normal boto3 call, so
+errors, retries and their reasons stay botocore's. `S3Storage.read_many` goes further for the data loader: a
+batch's signed GETs run at once on libcurl (`multiget`), at an eighth of urllib3's client CPU per small
+object, with the same fallback for whatever does not come back with a 200.
+
+Both fast paths connect exactly as the boto3 client does (`s3_http.resolve`: the CA bundle from
+``AWS_CA_BUNDLE``/the profile/``REQUESTS_CA_BUNDLE``/botocore's default, certificates verified, the proxy from
+the client config or ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, the client certificate) and sign with the
+client's current credentials (session tokens, web identity, container credentials, refreshed by botocore).
+A certificate that does not verify is `StorageAccessDenied` naming ``AWS_CA_BUNDLE``.
 """
 
 from __future__ import annotations
@@ -40,12 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 import boto3
-import urllib3
+import botocore.session
 from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
+from botocore.awsrequest import AWSPreparedRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -56,12 +62,15 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
     ResponseStreamingError,
+    SSLError,
 )
+from botocore.httpsession import URLLib3Session
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from kubegraft.runtime import FailureReason
 from kubegraft_trainer.errors import TrainerError
 from kubegraft_trainer.multiget import MultiGetter
+from kubegraft_trainer.s3_http import HttpSettings, resolve
 
 if TYPE_CHECKING:
     from kubegraft.spec import StorageSpec
@@ -291,6 +300,12 @@ def _max_attempts() -> int:
         return _DEFAULT_MAX_ATTEMPTS
 
 
+def _curl_handles(settings: HttpSettings) -> bool:
+    """Whether libcurl can connect as botocore would: not through HTTPS forwarding or a proxy client cert."""
+    config = settings.proxies_config
+    return not config.get("proxy_use_forwarding_for_https") and not config.get("proxy_client_cert")
+
+
 class S3Storage:
     """Objects under ``s3://bucket/prefix/`` through one thread-safe boto3 client.
 
@@ -300,8 +315,8 @@ class S3Storage:
         not_found_reason: The `FailureReason` for a missing bucket or object on reads.
         max_pool_connections: Size of the HTTP connection pool; at least the number of threads fetching.
         multipart_threshold: Files at least this big move in parallel parts (upload_file, download_file).
-        fast_get: Read objects with SigV4-signed GETs on a plain urllib3 pool (a third of boto3's CPU per
-            request); off, or behind an HTTP proxy, every read is a boto3 ``get_object``.
+        fast_get: Read objects with SigV4-signed GETs on botocore's HTTP session (a third of boto3's CPU
+            per request), with the client's TLS and proxy settings; off, every read is a boto3 ``get_object``.
         batched_get: With ``fast_get``, run the signed GETs of a `read_many` batch at once on libcurl
             (pycurl, where installed; an eighth of urllib3's client CPU per small object).
     """
@@ -338,32 +353,41 @@ class S3Storage:
             tcp_keepalive=True,
         )
         region = spec.region or ("us-east-1" if spec.endpoint else None)
-        self._session = boto3.session.Session()
-        self._client: Any = self._session.client(
-            "s3", endpoint_url=spec.endpoint, region_name=region, config=config
-        )
+        botocore_session = botocore.session.get_session()
+        self._session = boto3.session.Session(botocore_session=botocore_session)
+        try:
+            self._client: Any = self._session.client(
+                "s3", endpoint_url=spec.endpoint, region_name=region, config=config
+            )
+            settings = resolve(botocore_session, self._client.meta.config, self._client.meta.endpoint_url)
+        except (BotoCoreError, ValueError) as exc:
+            raise TrainerError(
+                FailureReason.STORAGE_ACCESS_DENIED,
+                f"cannot set up the S3 client for {self._endpoint}: {_redact(str(exc))[:300]}",
+            ) from None
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=max(5 * 1024 * 1024, min(multipart_threshold, 16 * 1024 * 1024)),
             max_concurrency=8,
         )
-        self._http: urllib3.PoolManager | None = None
-        self._pool: urllib3.HTTPConnectionPool | None = None  # the endpoint's pool (one host for every key)
+        self._http: URLLib3Session | None = None  # botocore's HTTP session, the client's TLS and proxies
         self._signer: GetSigner | None = None
         self._base_url: str | None = None  # "<scheme>://<host>/[<bucket>/]": where keys go, for fast GETs
         self._fast_misses = 0
         self._multi: MultiGetter | None = None  # batches of signed GETs on libcurl (`read_many`)
         self._multi_misses = 0
-        host = urlsplit(spec.endpoint or "https://s3.amazonaws.com").hostname or ""
-        if fast_get and not (getproxies() and not proxy_bypass(host)):
-            self._http = urllib3.PoolManager(
-                maxsize=max_pool_connections,
-                retries=False,
-                timeout=urllib3.Timeout(connect=10, read=60),
-                ca_certs=os.environ.get("AWS_CA_BUNDLE") or None,
+        if fast_get:
+            self._http = settings.http_session(
+                max_pool_connections=max_pool_connections, connect_timeout=10, read_timeout=60
             )
-            if batched_get and MultiGetter.available():
-                self._multi = MultiGetter(ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
+            if batched_get and MultiGetter.available() and _curl_handles(settings):
+                self._multi = MultiGetter(
+                    ca_bundle=settings.ca_bundle,
+                    verify=settings.verify is not False,
+                    proxy=settings.proxy_for(self._client.meta.endpoint_url),
+                    proxy_ca_bundle=settings.proxies_config.get("proxy_ca_bundle"),
+                    client_cert=settings.client_cert,
+                )
 
     def __repr__(self) -> str:
         return f"S3Storage({self.uri!r}, endpoint={self._endpoint!r})"
@@ -388,6 +412,13 @@ class S3Storage:
         cause = exc.__cause__ or exc.__context__
         if isinstance(exc, S3UploadFailedError | S3TransferFailedError) and isinstance(cause, Exception):
             exc = cause
+        if isinstance(exc, SSLError):
+            return TrainerError(
+                FailureReason.STORAGE_ACCESS_DENIED,
+                f"TLS verification of {self._endpoint} failed while trying to {action} {where} "
+                f"({_redact(str(exc))[-200:]}): set AWS_CA_BUNDLE to the CA bundle that signed its "
+                "certificate",
+            )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return TrainerError(
                 FailureReason.STORAGE_ACCESS_DENIED,
@@ -496,7 +527,7 @@ class S3Storage:
         return signed
 
     def _get_fast(self, full_key: str) -> bytes | None:
-        """A SigV4-signed GET on the endpoint's urllib3 pool; None on any failure (boto3 redoes it)."""
+        """A SigV4-signed GET on botocore's HTTP session; None on any failure (boto3 redoes it)."""
         if self._http is None:
             return None
         try:
@@ -504,17 +535,14 @@ class S3Storage:
             if signed is None:
                 return None
             ((url, headers),) = signed
-            pool = self._pool
-            if pool is None:
-                pool = self._pool = self._http.connection_from_url(url)
-            response = pool.urlopen(
-                "GET", url, headers=headers, preload_content=True, retries=False, assert_same_host=True
-            )
-        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError):
+            # A plain dict of headers is what urllib3 sends (botocore's stubs ask for its HTTPHeaders).
+            request = AWSPreparedRequest("GET", url, headers, None, stream_output=False)  # type: ignore[arg-type]
+            response = self._http.send(request)
+            if response.status_code != 200:
+                return None
+            return bytes(response.content)
+        except (BotoCoreError, OSError):  # botocore wraps urllib3's (SSLError, ProxyConnectionError, ...)
             return None
-        if response.status != 200:
-            return None
-        return bytes(response.data)
 
     def read_bytes(self, key: str) -> bytes:
         """Return the content of ``key``."""
@@ -556,13 +584,12 @@ class S3Storage:
             except TrainerError as exc:
                 out.append(exc)
                 continue
-                if multi is not None:
-                    self._multi_misses += 1
-                    if self._multi_misses >= _FAST_MISSES_ALLOWED and self._multi is not None:
-                        self._multi = None
-                        log.info(
-                            "Reading %s without libcurl: its GETs keep failing where others succeed", self.uri
-                        )
+            if multi is not None:
+                # libcurl missed what the per-key path then read: after a few, stop paying for the doomed try.
+                self._multi_misses += 1
+                if self._multi_misses >= _FAST_MISSES_ALLOWED and self._multi is not None:
+                    self._multi = None
+                    log.info("Reading %s without libcurl: its GETs keep failing where boto3's work", self.uri)
             out.append(data)
         return out
 

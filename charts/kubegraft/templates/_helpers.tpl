@@ -144,10 +144,11 @@ one Role per watched namespace. No Secrets: training pods read S3 credentials th
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "delete"]
-# Events on TransferJobs (kopf posts them through either API).
+# Events on TransferJobs (kopf posts them through either API); a pending run's Job Events are read for
+# FailedCreate (e.g. a ResourceQuota refusing its pod).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "get", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -155,6 +156,10 @@ one Role per watched namespace. No Secrets: training pods read S3 credentials th
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+# Kueue Workloads of queued Jobs, read to explain Queued (optional: without it Queued is less detailed).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list"]
 {{- end }}
 
 {{/*

@@ -17,9 +17,10 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "pods/status"): {"get"},
     ("", "configmaps"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "services"): {"create", "delete"},  # a multi-worker run's headless Service (create; delete on stop)
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "get", "list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kueue.x-k8s.io", "workloads"): {"get", "list"},
 }
 CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

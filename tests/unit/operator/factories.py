@@ -61,12 +61,17 @@ def job(
     reason: str = "",
     message: str = "",
     suspend: bool = False,
+    suspended_by_operator: bool | None = None,
     failed: int = 0,
     active: int = 1,
     owner: str = UID,
     generation: int = 1,
+    uid: str = "",
 ) -> JobView:
-    """A JobView of run `run` for a TransferJob with `spec` (BASE_SPEC by default)."""
+    """A JobView of run `run` for a TransferJob with `spec` (BASE_SPEC by default).
+
+    A suspended Job is the operator's own suspension unless `suspended_by_operator` says otherwise.
+    """
     conditions: tuple[JobCondition, ...] = ()
     if outcome == "Succeeded":
         conditions = (JobCondition("Complete", "True", "", "", "2026-01-01T00:10:00Z"),)
@@ -80,6 +85,8 @@ def job(
         spec_hash=spec_hash(spec if spec is not None else BASE_SPEC),
         generation=generation,
         suspend=suspend,
+        suspended_by_operator=suspend if suspended_by_operator is None else suspended_by_operator,
+        uid=uid or f"job-uid-{name}-{run}",
         active=0 if outcome else active,
         failed=failed,
         succeeded=1 if outcome == "Succeeded" else 0,
