@@ -19,7 +19,8 @@ accuracies on 1,000, while the 3-fold CV on 425 images ranked them as the test d
 
 `keras_model` turns a fitted model into a Keras model with the transfer model's input (raw RGB pixels, 0..255,
 float32 [N, S, S, 3]) and output (probabilities [N, classes]), made only of built-in layers with fixed
-weights: area downsampling as two fixed matrix products, channel mean, standardisation, then the classifier
+weights: area downsampling (average pooling, or two fixed matrix products where the side does not divide the
+input), channel mean, standardisation, then the classifier
 (for ``rbf`` the kernel as one Dense layer on [z, z*z] and an exponential). It computes what scikit-learn's
 ``predict_proba`` computes, in float32, so the exported SavedModel serves it through the same signature
 (bytes in, `images.decode_and_resize`, probabilities out). The same seed and data give the same model.
@@ -220,15 +221,25 @@ def _fixed_dense(
 
 
 def _flat_pixels(inputs: Any, image_size: int, side: int, channels: int) -> Any:
-    """[N, S, S, 3] raw pixels -> [N, side * side * channels], as `baseline.pixel_features` computes it."""
-    area = _area_matrix(image_size, side)  # [side, S]: row i averages the pixels target pixel i covers
-    x = keras.layers.Permute((3, 1, 2), dtype="float32", name="pixels_chw")(inputs)  # [N, C, H, W]
-    x = _fixed_dense(x, area.T, None, "pixels_resize_width")  # [N, C, H, side]
-    x = keras.layers.Permute((1, 3, 2), dtype="float32", name="pixels_cwh")(x)  # [N, C, side, H]
-    x = _fixed_dense(x, area.T, None, "pixels_resize_height")  # [N, C, side(w), side(h)]
-    x = keras.layers.Permute((3, 2, 1), dtype="float32", name="pixels_hwc")(x)  # [N, side, side, C]
+    """[N, S, S, 3] raw pixels -> [N, side * side * channels], as `baseline.pixel_features` computes it.
+
+    Where ``side`` divides S the area average is an average pooling (exact, and a TFLite builtin); other
+    sizes take the area matrix as two fixed matrix products over the width and the height.
+    """
+    if image_size % side == 0:
+        pool = image_size // side
+        x = keras.layers.AveragePooling2D(pool, dtype="float32", name="pixels_area")(inputs)
+    else:
+        area = _area_matrix(image_size, side)  # [side, S]: row i averages the pixels target pixel i covers
+        x = keras.layers.Permute((3, 1, 2), dtype="float32", name="pixels_chw")(inputs)  # [N, C, H, W]
+        x = _fixed_dense(x, area.T, None, "pixels_resize_width")  # [N, C, H, side]
+        x = keras.layers.Permute((1, 3, 2), dtype="float32", name="pixels_cwh")(x)  # [N, C, side, H]
+        x = _fixed_dense(x, area.T, None, "pixels_resize_height")  # [N, C, side(w), side(h)]
+        x = keras.layers.Permute((3, 2, 1), dtype="float32", name="pixels_hwc")(x)  # [N, side, side, C]
     if channels == 1:
-        x = _fixed_dense(x, np.full((3, 1), 1.0 / 3.0), None, "pixels_gray")
+        gray = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32", name="pixels_gray")
+        x = gray(x)
+        gray.set_weights([np.full((1, 1, 3, 1), 1.0 / 3.0, dtype="float32")])
     return keras.layers.Flatten(dtype="float32", name="pixels_flat")(x)
 
 

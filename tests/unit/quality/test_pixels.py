@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from kubegraft_trainer.export import SERVING_SIGNATURE, write_keras, write_savedmodel, write_tflite
 from kubegraft_trainer.pixels import fit_pixel_candidate, keras_model
 from tests.unit.quality.test_baseline import quadrant_images
 
@@ -79,3 +84,27 @@ def test_a_class_without_training_images_gets_no_probability() -> None:
     assert served.shape == (len(x), 4)
     assert float(served[:, 3].max()) < 1e-9
     np.testing.assert_allclose(served[:, :3], candidate.predict_proba(x), atol=2e-5)
+
+
+def test_pixel_model_exports_as_savedmodel_keras_and_tflite_with_the_same_answers(tmp_path: Path) -> None:
+    x, y = xor_images(20, seed=5, side=16)
+    candidate = fit_pixel_candidate(x, y, seed=0, side=8)
+    model = keras_model(candidate, 16, 2)
+    pixels = np.round(x[:6]).clip(0, 255).astype("uint8")
+    expected = candidate.predict_proba(pixels.astype("float64"))
+
+    write_savedmodel(model, ["a", "b"], 16, tmp_path / "1")
+    serve = tf.saved_model.load(str(tmp_path / "1")).signatures[SERVING_SIGNATURE]
+    served = serve(images=tf.constant([tf.io.encode_png(p).numpy() for p in pixels]))["probabilities"]
+    np.testing.assert_allclose(served.numpy(), expected, atol=2e-5)
+
+    write_keras(model, tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(pixels.astype("float32"), verbose=0), expected, atol=2e-5)
+
+    write_tflite(model, 16, tmp_path / "model.tflite")
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice (LiteRT is not installed)
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "model.tflite"))
+    lite = interpreter.get_signature_runner()(image=pixels[:1].astype("float32"))["probabilities"]
+    np.testing.assert_allclose(lite, expected[:1], atol=2e-5)
