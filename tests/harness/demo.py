@@ -326,6 +326,32 @@ def prepare_backbone(console: Console) -> Path:
     return path
 
 
+def _quality_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """What strategy auto published and how it compares with the run's own pixel baseline (metrics.json)."""
+    lines: list[str] = []
+    selection = metrics.get("selection")
+    if isinstance(selection, dict):
+        others = ", ".join(
+            f"{c['name']} {c['validation_accuracy']:.3f}"
+            for c in selection.get("contenders", [])
+            if c.get("name") != selection.get("published")
+        )
+        score = selection.get("validation_accuracy", float("nan"))
+        lines.append(
+            f"published:      {selection.get('published')} ({selection.get('description')}), validation "
+            f"{score:.3f} against {others or 'no other contender'}"
+        )
+    baseline, test = metrics.get("baseline_accuracy"), metrics.get("testAccuracy")
+    if isinstance(baseline, float) and isinstance(test, float):
+        verdict = "at or above" if test >= baseline else "below"
+        gain = metrics.get("transfer_gain", 0.0)
+        lines.append(
+            f"baseline:       pixel logistic regression {baseline:.3f} on the same test images: the "
+            f"published model is {verdict} it ({test - baseline:+.3f}); transfer gain {gain:+.3f}"
+        )
+    return lines
+
+
 def render_manifest(inputs: TransferInputs, storage: Storage, dest: Path) -> Path:
     """The manifest to apply: the example itself when it already names `inputs`, else an edited copy."""
     manifest = yaml.safe_load(MANIFEST.read_text())
@@ -688,6 +714,8 @@ class Demo:
             if isinstance(test_accuracy, float)
             else f"test accuracy:  {test_accuracy}"
         )
+        for line in _quality_lines(metrics):
+            self.console.say(line)
         for plot in PLOTS:
             self.console.say(f"plot:           {_relative(model_dir / plot)}")
         self.console.say(f"metrics:        {_relative(model_dir / 'metrics.json')}")

@@ -38,6 +38,8 @@ __all__ = [
     "PixelBaseline",
     "area_downsample",
     "fit_pixel_baseline",
+    "pixel_features",
+    "training_features",
     "transfer_gain",
 ]
 
@@ -99,6 +101,37 @@ def area_downsample(images: npt.ArrayLike, side: int) -> FloatArray:
     return result
 
 
+def pixel_features(images: npt.ArrayLike, side: int, channels: int) -> FloatArray:
+    """Flat area-downsampled pixels [N, side * side * channels], row-major (height, width, channel).
+
+    A grayscale model (``channels`` 1) averages the channels of its input; a colour model repeats a
+    single-channel input.
+
+    Raises:
+        ValueError: The images are malformed, or have a channel count the model cannot use.
+    """
+    small = area_downsample(images, side)
+    if channels == 1:
+        small = small.mean(axis=-1, keepdims=True)
+    elif small.shape[-1] == 1:
+        small = np.repeat(small, channels, axis=-1)
+    elif small.shape[-1] != channels:
+        raise ValueError(f"the model was fitted on {channels}-channel images, got {small.shape[-1]}")
+    return small.reshape(len(small), -1)
+
+
+def training_features(train_x: npt.ArrayLike, side: int) -> tuple[FloatArray, int]:
+    """Training images as flat downsampled pixels, and their channel count (1 when all channels are equal).
+
+    Raises:
+        ValueError: The images are malformed, or ``side`` is not in 1..min(H, W).
+    """
+    features = area_downsample(train_x, side)
+    if features.shape[-1] > 1 and bool(np.all(features == features[..., :1])):
+        features = features[..., :1]
+    return features.reshape(len(features), -1), int(features.shape[-1])
+
+
 @dataclass(frozen=True)
 class PixelBaseline:
     """A fitted raw-pixel logistic regression; `fit_pixel_baseline` builds it.
@@ -126,21 +159,10 @@ class PixelBaseline:
     def features(self, images: npt.ArrayLike) -> FloatArray:
         """The flat downsampled pixels [N, side * side * channels] the classifier sees (before scaling).
 
-        A grayscale model averages the channels of its input; a colour model repeats a single-channel input.
-
         Raises:
             ValueError: The images are malformed, or have a channel count the model cannot use.
         """
-        small = area_downsample(images, self.side)
-        if self.channels == 1:
-            small = small.mean(axis=-1, keepdims=True)
-        elif small.shape[-1] == 1:
-            small = np.repeat(small, self.channels, axis=-1)
-        elif small.shape[-1] != self.channels:
-            raise ValueError(
-                f"the baseline was fitted on {self.channels}-channel images, got {small.shape[-1]}"
-            )
-        return small.reshape(len(small), -1)
+        return pixel_features(images, self.side, self.channels)
 
     def predict_proba(self, images: npt.ArrayLike) -> FloatArray:
         """Class probabilities [N, classes] of images shaped like the training images (any H, W).
@@ -199,11 +221,7 @@ def fit_pixel_baseline(
     Raises:
         ValueError: Malformed images, labels not one per image, fewer than two classes, or a bad ``side``.
     """
-    features = area_downsample(train_x, side)
-    if features.shape[-1] > 1 and bool(np.all(features == features[..., :1])):
-        features = features[..., :1]
-    channels = int(features.shape[-1])
-    flat = features.reshape(len(features), -1)
+    flat, channels = training_features(train_x, side)
     labels = np.asarray(train_y)
     if labels.shape != (len(flat),):
         raise ValueError(f"{len(flat)} images but labels of shape {labels.shape}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,16 +112,23 @@ def write_keras(model: keras.Model, path: Path) -> None:
 def write_tflite(model: keras.Model, image_size: int, path: Path) -> None:
     """Convert the model to TFLite, taking decoded raw pixels (float32 [1, S, S, 3], 0..255).
 
-    TFLite has no image decoders among its builtin ops, so this format takes pixels, not encoded bytes.
+    TFLite has no image decoders among its builtin ops, so this format takes pixels, not encoded bytes. The
+    conversion goes through a temporary SavedModel: converting the concrete function directly
+    (``from_concrete_functions`` with the Keras 3 model as its trackable) left the weights uninitialised,
+    so the file computed garbage (found by the pixel model's export test).
     """
 
     def infer(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": tf.cast(model(image, training=False), tf.float32)}
 
     signature = [tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")]
-    concrete = tf.function(infer, input_signature=signature, autograph=False).get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-    path.write_bytes(converter.convert())
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, tf.function(infer, input_signature=signature, autograph=False))
+    with tempfile.TemporaryDirectory(prefix="kubegraft-tflite-") as folder:
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SERVING_SIGNATURE])
+        path.write_bytes(converter.convert())
 
 
 def write_labels(class_names: Sequence[str], path: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from kubegraft.runtime import (
 from kubegraft.spec import API_VERSION, KIND, TransferJob, TransferJobSpec
 from kubegraft.status import ImageCounts
 from kubegraft_trainer.backbones import LoadedBackbone, load_backbone
-from kubegraft_trainer.baseline import area_downsample, fit_pixel_baseline, transfer_gain
+from kubegraft_trainer.baseline import fit_pixel_baseline, transfer_gain
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.checkpoints import CheckpointStore, default_run_id, spec_hash
 from kubegraft_trainer.dataset import DatasetSplits, discover
@@ -61,6 +62,7 @@ from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
 from kubegraft_trainer.inference import warm_while
 from kubegraft_trainer.model import TransferModel, build_transfer_model, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
+from kubegraft_trainer.pixels import split_pixels
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
 from kubegraft_trainer.report import build_metrics, evaluate, write_report
 from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
@@ -209,12 +211,18 @@ def train(
         tracker.set_images(counts)
         if test["accuracy"] is not None:
             tracker.add_metrics({"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
-        quality = _report_transfer_gain(trained.baseline, test["accuracy"], tracker)
+        quality = _report_transfer_gain(
+            trained.baseline, trained.transfer_accuracy, tracker, published=test["accuracy"]
+        )
 
         phase = time.monotonic()
         build = scratch / "version"
         pinned = trained.search.spec if trained.search is not None else None
-        write_version(build, parts, spec, splits.classes, pinned=pinned)
+        selection = trained.search.selection if trained.search is not None else None
+        note = selection.summary() if selection is not None else ""
+        write_version(
+            build, trained.published, parts.image_size, spec, splits.classes, pinned=pinned, note=note
+        )
         timings["export"] = time.monotonic() - phase
         timings["total"] = time.monotonic() - started
         extra: dict[str, Any] = {
@@ -228,8 +236,7 @@ def train(
             "health": trained.health,
             **quality,
         }
-        if trained.search is not None:
-            extra["search"] = trained.search.record()
+        extra.update(_search_records(trained))
         metrics = build_metrics(
             records=records,
             test=test,
@@ -263,15 +270,18 @@ class Trained:
     """What training produced before evaluation: the model, its runner, test predictions and side records.
 
     Attributes:
-        parts: The trained model (the search's winner with strategy auto).
+        parts: The trained transfer model (the search's best transfer recipe with strategy auto).
         runner: The stage runner that trained it (its records and recipe).
-        probabilities: Test-split probabilities [N, C].
+        probabilities: Test-split probabilities [N, C] of the published model.
         labels: Test-split labels [N].
         skipped: Keys of unreadable images (filled in by the loader).
         health: Backbone health records (``before_training``; ``after_training`` when BN layers trained).
         baseline: The raw-pixel baseline's record (test accuracy when fitted).
         search: The search's outcome with strategy auto.
         store: The run's checkpoint store (deleted after a successful publish).
+        published: The model to export: ``parts.model``, or with strategy auto the selection's winner (a
+            pixel model or an ensemble may beat the transfer model on validation: `selection`).
+        transfer_accuracy: Test accuracy of the transfer model (what the transfer gain measures).
     """
 
     parts: TransferModel
@@ -283,6 +293,8 @@ class Trained:
     baseline: dict[str, Any]
     search: SearchOutcome | None
     store: CheckpointStore
+    published: keras.Model
+    transfer_accuracy: float | None
 
 
 def _train_and_predict(
@@ -417,31 +429,31 @@ def train_on_source(
     timings["train"] = time.monotonic() - phase
     tracker.set_state("exporting")
     phase = time.monotonic()
-    probabilities, labels = predict_split(parts.model, source, "test")
+    published = search.published if search is not None else parts.model
+    probabilities, labels = predict_split(published, source, "test")
+    transfer_probabilities = probabilities
+    if published is not parts.model:  # the transfer gain is the transfer model's, published or not
+        transfer_probabilities, _ = predict_split(parts.model, source, "test")
+    transfer_accuracy = (
+        float(np.mean(np.argmax(transfer_probabilities, axis=1) == labels)) if len(labels) else None
+    )
     timings["evaluate"] = time.monotonic() - phase
     phase = time.monotonic()
     baseline = _fit_baseline(source, spec.dataset.seed)
     timings["baseline"] = time.monotonic() - phase
-    return Trained(parts, runner, probabilities, labels, [], health, baseline, search, store)
-
-
-def _pixels(
-    source: ImageSource, split: str, limit: int, side: int | None = None
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """The first ``limit`` raw images of a split (area-downsampled to ``side`` per batch when given)."""
-    images: list[np.ndarray[Any, Any]] = []
-    labels: list[np.ndarray[Any, Any]] = []
-    count = 0
-    for batch, batch_labels in source.images(split, 256, shuffle=False, seed=0):
-        array = np.asarray(batch)[: limit - count]
-        images.append(area_downsample(array, side).astype("float32") if side else array)
-        labels.append(np.asarray(batch_labels)[: limit - count])
-        count += len(array)
-        if count >= limit:
-            break
-    if not images:
-        return np.zeros((0,), "float32"), np.zeros((0,), "int32")
-    return np.concatenate(images), np.concatenate(labels)
+    return Trained(
+        parts,
+        runner,
+        probabilities,
+        labels,
+        [],
+        health,
+        baseline,
+        search,
+        store,
+        published,
+        transfer_accuracy,
+    )
 
 
 def _check_health(
@@ -482,7 +494,7 @@ def _training_images(source: ImageSource, limit: int) -> np.ndarray[Any, Any]:
     held = in_memory("train") if callable(in_memory) else None
     if held is not None:
         return np.asarray(held[0][:limit])
-    return _pixels(source, "train", limit)[0]
+    return split_pixels(source, "train", limit)[0]
 
 
 def _trained_batchnorm(parts: TransferModel, runner: StageRunner) -> bool:
@@ -493,8 +505,8 @@ def _trained_batchnorm(parts: TransferModel, runner: StageRunner) -> bool:
 def _fit_baseline(source: ImageSource, seed: int) -> dict[str, Any]:
     """Fit the raw-pixel logistic regression on the training split and score it on the test split."""
     started = time.monotonic()
-    train_x, train_y = _pixels(source, "train", BASELINE_MAX_TRAIN, BASELINE_SIDE)
-    test_x, test_y = _pixels(source, "test", source.count("test"), BASELINE_SIDE)
+    train_x, train_y = split_pixels(source, "train", BASELINE_MAX_TRAIN, BASELINE_SIDE)
+    test_x, test_y = split_pixels(source, "test", source.count("test"), BASELINE_SIDE)
     if len(np.unique(train_y)) < 2 or len(test_x) == 0:
         return {"fitted": False, "reason": "needs two training classes and test images"}
     baseline = fit_pixel_baseline(train_x, train_y, seed=seed, side=BASELINE_SIDE)
@@ -511,22 +523,50 @@ def _fit_baseline(source: ImageSource, seed: int) -> dict[str, Any]:
 
 
 def _report_transfer_gain(
-    baseline: dict[str, Any], model_accuracy: float | None, tracker: ProgressTracker
+    baseline: dict[str, Any],
+    model_accuracy: float | None,
+    tracker: ProgressTracker,
+    *,
+    published: float | None = None,
 ) -> dict[str, Any]:
-    """metrics.json's baseline entries; the tracker's metrics; NoTransferGain when the model does not win."""
+    """metrics.json's baseline entries; the tracker's metrics; NoTransferGain when transfer does not win.
+
+    Args:
+        baseline: `_fit_baseline`'s record.
+        model_accuracy: Test accuracy of the transfer model (the backbone and its recipe).
+        tracker: Progress reporting.
+        published: Test accuracy of the published model when it is not the transfer model (strategy auto
+            may publish a pixel model or an ensemble); the notice then says so.
+    """
     if not baseline.get("fitted") or model_accuracy is None:
         return {"baseline": baseline}
     accuracy = float(baseline["accuracy"])
     gain = transfer_gain(float(model_accuracy), accuracy)
     tracker.add_metrics({"baseline_accuracy": accuracy, "transfer_gain": gain})
     if gain <= 0:
+        served = (
+            ""
+            if published is None or published == model_accuracy
+            else f"; the published model, chosen on validation, scores {published:.3f}"
+        )
         tracker.add_notice(
             NoticeReason.NO_TRANSFER_GAIN,
-            f"the model's test accuracy {model_accuracy:.3f} does not beat a logistic regression on raw "
-            f"pixels ({accuracy:.3f}, transfer gain {gain:+.3f}): the backbone's features do not help on "
-            "this data; see metrics.json and docs/quality.md",
+            f"the transfer model's test accuracy {model_accuracy:.3f} does not beat a logistic regression on "
+            f"raw pixels ({accuracy:.3f}, transfer gain {gain:+.3f}): the backbone's features do not help "
+            f"on this data{served}; see metrics.json and docs/quality.md",
         )
     return {"baseline": baseline, "baseline_accuracy": accuracy, "transfer_gain": gain}
+
+
+def _search_records(trained: Trained) -> dict[str, Any]:
+    """metrics.json's ``search`` and ``selection`` entries with strategy auto (nothing otherwise)."""
+    if trained.search is None:
+        return {}
+    records: dict[str, Any] = {"search": trained.search.record()}
+    if trained.search.selection is not None:
+        selection = trained.search.selection.record()
+        records["selection"] = {**selection, "transfer_test_accuracy": trained.transfer_accuracy}
+    return records
 
 
 def _model_record(spec: TransferJobSpec, loaded: LoadedBackbone, parts: TransferModel) -> dict[str, Any]:
@@ -542,29 +582,33 @@ def _model_record(spec: TransferJobSpec, loaded: LoadedBackbone, parts: Transfer
 
 def write_version(
     build: Path,
-    parts: TransferModel,
+    model: keras.Model,
+    image_size: int,
     spec: TransferJobSpec,
     class_names: list[str],
     *,
     pinned: TransferJobSpec | None = None,
+    note: str = "",
 ) -> None:
     """Write a version's model files into a fresh local folder: SavedModel, labels, asked formats, the spec.
 
     Args:
         build: The folder (replaced if it exists).
-        parts: The trained model.
+        model: The model to publish (raw pixels in, probabilities out).
+        image_size: Its input side.
         spec: The spec, written next to the model as transferjob.json.
         class_names: Class names in output order.
-        pinned: With strategy auto, the chosen recipe as an explicit spec, written as recipe.yaml (a
-            TransferJob manifest with ``strategy: stages`` that reruns the winner).
+        pinned: With strategy auto, the best transfer recipe as an explicit spec, written as recipe.yaml (a
+            TransferJob manifest with ``strategy: stages`` that reruns it).
+        note: With strategy auto, what the selection published and why (recipe.yaml's header).
     """
     shutil.rmtree(build, ignore_errors=True)
-    write_savedmodel(parts.model, class_names, parts.image_size, build)
+    write_savedmodel(model, class_names, image_size, build)
     write_labels(class_names, build / LABELS_FILE)
     if "keras" in spec.output.formats:
-        write_keras(parts.model, build / KERAS_FILE)
+        write_keras(model, build / KERAS_FILE)
     if "tflite" in spec.output.formats:
-        write_tflite(parts.model, parts.image_size, build / TFLITE_FILE)
+        write_tflite(model, image_size, build / TFLITE_FILE)
     (build / SPEC_FILE).write_text(spec.model_dump_json(by_alias=True, indent=1) + "\n", encoding="utf-8")
     if pinned is not None:
         manifest = {
@@ -574,9 +618,13 @@ def write_version(
             "spec": pinned.model_dump(mode="json", by_alias=True, exclude_none=True),
         }
         header = (
-            "# The recipe strategy auto chose, as explicit stages (strategy: stages): rename it and\n"
-            "# apply it to rerun exactly this recipe without a search.\n"
+            "# The transfer recipe strategy auto chose, as explicit stages (strategy: stages): rename\n"
+            "# it and apply it to rerun exactly this recipe without a search (and without the pixel\n"
+            "# model and the ensemble, which compete only under strategy auto).\n"
         )
+        if note:
+            wrapped = textwrap.wrap(f"This version: strategy auto {note}.", 100)
+            header += "".join(f"# {line}\n" for line in wrapped)
         (build / RECIPE_FILE).write_text(header + yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
 

@@ -49,6 +49,7 @@ from kubegraft_trainer.backbones import LoadedBackbone
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, spec_hash
 from kubegraft_trainer.model import TransferModel, backbone_layers, build_transfer_model
 from kubegraft_trainer.progress import ProgressTracker
+from kubegraft_trainer.selection import Selection, select_published
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
 
 log = logging.getLogger(__name__)
@@ -251,11 +252,22 @@ class SearchOutcome:
     candidates: list[CandidateResult] = field(default_factory=list)
     seconds: float = 0.0
     selected_on: str = "validation"
+    selection: Selection | None = None
+
+    @property
+    def published(self) -> keras.Model:
+        """The model to evaluate and export: the selection's winner (the transfer model without one)."""
+        return self.selection.published.model if self.selection is not None else self.parts.model
 
     @property
     def recipe(self) -> str:
-        """The winner in short form for the status: ``auto <name>: <runner recipe>``."""
-        return f"auto {self.name}: {self.runner.recipe()}"
+        """The published model in short form for the status: ``auto <name>: <recipe or description>``."""
+        won = self.selection.published if self.selection is not None else None
+        if won is None or won.kind == "transfer":
+            return f"auto {self.name}: {self.runner.recipe()}"
+        return (
+            f"auto {won.name}: {won.description} (best transfer recipe {self.name}: {self.runner.recipe()})"
+        )
 
     def record(self) -> dict[str, Any]:
         """metrics.json's ``search`` entry."""
@@ -264,6 +276,7 @@ class SearchOutcome:
             "strategy": "auto",
             "chosen": self.name,
             "recipe": self.runner.recipe(),
+            "published": self.selection.published.name if self.selection is not None else self.name,
             "validation_accuracy": winner.validation_accuracy,
             "selected_on": self.selected_on,
             "seconds": self.seconds,
@@ -536,15 +549,31 @@ def search_recipe(
     loaded.model.set_weights(weights)
     for reason, message in notices:
         tracker.add_notice(reason, message)
+    selection = select_published(
+        name,
+        runner.recipe(),
+        parts.model,
+        source,
+        split=ctx.split,
+        num_classes=num_classes,
+        seed=spec.dataset.seed,
+    )
     seconds = spent_before + time.monotonic() - started
-    outcome = SearchOutcome(chosen, name, parts, runner, results, seconds, ctx.split)
+    outcome = SearchOutcome(chosen, name, parts, runner, results, seconds, ctx.split, selection)
+    _announce(outcome, tracker, score)
+    return outcome
+
+
+def _announce(outcome: SearchOutcome, tracker: ProgressTracker, score: float) -> None:
+    """The published model's recipe in the status and the RecipeChosen notice: what won, by how much."""
     tracker.update(recipe=outcome.recipe)
+    ran = sum(1 for r in outcome.candidates if r.status != "skipped")
+    summary = outcome.selection.summary() if outcome.selection is not None else f"published {outcome.name}"
     tracker.add_notice(
         NoticeReason.RECIPE_CHOSEN,
-        f"strategy auto chose {name} ({runner.recipe()}) with {ctx.split} accuracy {score:.3f} out of "
-        f"{sum(1 for r in results if r.status != 'skipped')} candidates; recipe.yaml pins it",
+        f"strategy auto {summary}; the best of {ran} transfer candidates was {outcome.name} "
+        f"({outcome.runner.recipe()}, {outcome.selected_on} accuracy {score:.3f}), which recipe.yaml pins",
     )
-    return outcome
 
 
 def _with_augmented(

@@ -80,7 +80,23 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     chosen = next(c for c in ran if c["validation_accuracy"] == best)
     assert search["chosen"] == chosen["name"]
     assert search["selected_on"] == "validation"
-    assert metrics["recipe"].startswith(f"auto {chosen['name']}: ")
+    # What is published: the best of the transfer winner, the pixel model and their ensemble on validation.
+    selection = metrics["selection"]
+    contenders = selection["contenders"]
+    assert [c["kind"] for c in contenders][:2] == ["transfer", "pixels"]
+    assert contenders[0]["name"] == chosen["name"]
+    assert contenders[0]["validation_accuracy"] == pytest.approx(chosen["validation_accuracy"])
+    top = max(c["validation_accuracy"] for c in contenders)
+    published = next(c for c in contenders if c["validation_accuracy"] == top)
+    assert selection["published"] == published["name"] == search["published"]
+    assert selection["selected_on"] == "validation"
+    assert selection["margin_over_transfer"] == pytest.approx(top - chosen["validation_accuracy"])
+    assert selection["pixels"]["model"] in ("linear", "rbf")
+    if published["kind"] == "transfer":
+        assert metrics["recipe"].startswith(f"auto {chosen['name']}: ")
+    else:
+        assert metrics["recipe"].startswith(f"auto {published['name']}: ")
+    assert f"published {published['name']} " in (version / RECIPE_FILE).read_text()
     # The published stages are the winner's: recipe.yaml is an explicit spec that reruns it.
     pinned = load_spec(version / RECIPE_FILE)
     assert pinned.resolved_strategy == "stages"
@@ -93,7 +109,11 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     # Baseline and transfer gain beside the model on the test split.
     assert metrics["baseline"]["fitted"] is True
     assert metrics["baseline"]["train_images"] == 70
-    assert metrics["transfer_gain"] == pytest.approx(metrics["testAccuracy"] - metrics["baseline_accuracy"])
+    # The transfer gain is the transfer model's, whichever model is published.
+    transfer_test = selection["transfer_test_accuracy"]
+    assert metrics["transfer_gain"] == pytest.approx(transfer_test - metrics["baseline_accuracy"])
+    if published["kind"] == "transfer":
+        assert transfer_test == pytest.approx(metrics["testAccuracy"])
     assert metrics["health"]["before_training"]["collapsed"] is False
     progress = tracker.snapshot()
     assert progress.metrics["baseline_accuracy"] == pytest.approx(metrics["baseline_accuracy"])
@@ -101,6 +121,8 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     assert progress.recipe == metrics["recipe"]
     reasons = [n.reason for n in progress.notices]
     assert NoticeReason.RECIPE_CHOSEN in reasons
+    chosen_notice = next(n for n in progress.notices if n.reason == NoticeReason.RECIPE_CHOSEN)
+    assert f"published {published['name']} " in chosen_notice.message
     assert (NoticeReason.NO_TRANSFER_GAIN in reasons) == (metrics["transfer_gain"] <= 0)
     # The exported model serves image bytes: PNG in, probabilities out, same answer as the trained model.
     serve = tf.saved_model.load(str(version)).signatures["serving_default"]
@@ -111,7 +133,7 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     assert result.metrics["search"]["chosen"] == search["chosen"]
 
 
-def _search(weights: Path, arrays: dict[str, Any]) -> list[tuple[str, str, float | None, int]]:
+def _search(weights: Path, arrays: dict[str, Any]) -> list[tuple[Any, ...]]:
     spec = TransferJobSpec.model_validate(
         {
             "dataset": {"uri": "unused", "imageSize": 32, "seed": 5},
@@ -130,7 +152,9 @@ def _search(weights: Path, arrays: dict[str, Any]) -> list[tuple[str, str, float
         tracker=ProgressTracker(out=io.StringIO()),
         strategy=tf.distribute.get_strategy(),
     )
-    return [("chosen", outcome.name, None, 0)] + [
+    assert outcome.selection is not None
+    selection = {k: v for k, v in outcome.selection.record().items() if k != "seconds"}
+    return [("chosen", outcome.name, None, 0), ("selection", repr(selection))] + [
         (c.name, c.status, c.validation_accuracy, c.epochs) for c in outcome.candidates
     ]
 
@@ -141,10 +165,10 @@ def test_search_is_deterministic_for_a_fixed_seed(pretrained_backbone: Path) -> 
     first = _search(pretrained_backbone, arrays)
     second = _search(pretrained_backbone, arrays)
     assert first == second
-    ran = [row for row in first[1:] if row[1] != "skipped"]
+    ran = [row for row in first[2:] if row[1] != "skipped"]
     assert len(ran) >= 3  # linear, head and at least one candidate that trains the backbone
     assert any(row[3] > 0 for row in ran)
-    assert any(row[1] == "skipped" for row in first[1:])  # the epoch budget bounds the search
+    assert any(row[1] == "skipped" for row in first[2:])  # the epoch budget bounds the search
 
 
 def test_backbone_with_stale_batchnorm_statistics_is_repaired_before_training_and_reported(
