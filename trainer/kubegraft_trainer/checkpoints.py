@@ -153,11 +153,16 @@ class CheckpointStore:
         run_id: The run's id (KUBEGRAFT_RUN_ID or `default_run_id`).
         storage: S3 settings.
         spec_digest: `spec_hash` of the run's spec.
+        writable: False for a worker other than the chief of several: it resumes from the run's checkpoint
+            like the chief, but what it saves goes to its own scratch folder (the chief's copy is the run's).
     """
 
-    def __init__(self, output_uri: str, run_id: str, storage: StorageSpec, spec_digest: str) -> None:
+    def __init__(
+        self, output_uri: str, run_id: str, storage: StorageSpec, spec_digest: str, *, writable: bool = True
+    ) -> None:
         self.run_id = run_id
         self.spec_digest = spec_digest
+        self.writable = writable
         self._output_uri, self._storage_spec = output_uri, storage
         root = open_storage(output_uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
         self.uri = root.join(CHECKPOINTS_DIR, run_id)
@@ -165,6 +170,8 @@ class CheckpointStore:
             self.uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE
         )
         self._scratch = Path(tempfile.mkdtemp(prefix="kubegraft-ckpt-"))
+        # Where saves go: the run's folder, or this worker's scratch.
+        self._writes: Storage = self.storage if writable else LocalStorage(str(self._scratch / "saved"))
         self.state = RunState(spec_digest)
 
     def load(self) -> RunState | None:
@@ -203,13 +210,13 @@ class CheckpointStore:
         return _bytes_to_arrays(self.storage.read_bytes(name))
 
     def _put_weights(self, model: keras.Model, name: str) -> None:
-        self.storage.write_bytes(name, _arrays_to_bytes(model.get_weights()))
+        self._writes.write_bytes(name, _arrays_to_bytes(model.get_weights()))
 
     def _write_state(self, stale: list[str]) -> None:
-        self.storage.write_bytes(STATE_FILE, self.state.to_json().encode())
+        self._writes.write_bytes(STATE_FILE, self.state.to_json().encode())
         for name in stale:
             if name:
-                self.storage.delete_prefix(name)
+                self._writes.delete_prefix(name)
 
     def save_epoch(
         self,
@@ -239,11 +246,11 @@ class CheckpointStore:
         stem = f"stage-s{index}-e{epochs_done}"
         weights, optimizer = f"{stem}.weights.npz", f"{stem}.optimizer.npz"
         self._put_weights(trained, weights)
-        self.storage.write_bytes(optimizer, _arrays_to_bytes(optimizer_arrays(trained.optimizer)))
+        self._writes.write_bytes(optimizer, _arrays_to_bytes(optimizer_arrays(trained.optimizer)))
         best = None
         if best_weights is not None:
             best = f"{stem}.best.npz"
-            self.storage.write_bytes(best, _arrays_to_bytes(best_weights))
+            self._writes.write_bytes(best, _arrays_to_bytes(best_weights))
         previous = self.state.stage
         self.state.stage = StageCheckpoint(
             index,
@@ -284,7 +291,9 @@ class CheckpointStore:
 
         `delete` of this store deletes the children too. The strategy auto search keeps one per candidate.
         """
-        return CheckpointStore(self._output_uri, f"{self.run_id}/{name}", self._storage_spec, spec_digest)
+        return CheckpointStore(
+            self._output_uri, f"{self.run_id}/{name}", self._storage_spec, spec_digest, writable=self.writable
+        )
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON object saved with `write_json` by a run of the same spec, or None."""
@@ -301,10 +310,13 @@ class CheckpointStore:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Save a JSON object next to the checkpoint, stamped with the spec's hash."""
-        self.storage.write_bytes(name, json.dumps({**data, "specHash": self.spec_digest}, indent=1).encode())
+        self._writes.write_bytes(name, json.dumps({**data, "specHash": self.spec_digest}, indent=1).encode())
 
     def delete(self) -> None:
-        """Delete the whole checkpoint folder (after a successful publish)."""
+        """Delete the whole checkpoint folder (after a successful publish); a non-chief only its scratch."""
+        if not self.writable:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            return
         try:
             self.storage.delete_prefix("")
         except TrainerError as exc:

@@ -27,7 +27,9 @@ import keras
 import tensorflow as tf
 
 from kubegraft.runtime import ENV_EXPECTED_GPUS, FailureReason
+from kubegraft_trainer.cluster import WorkerCluster, export_tf_config
 from kubegraft_trainer.errors import TrainerError
+from kubegraft_trainer.multiworker import install_keras_fixes
 
 __all__ = [
     "ENV_LOGICAL_CPUS",
@@ -72,12 +74,17 @@ def _logical_cpus(count: int) -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("CPU")][:count]
 
 
-def configure_devices() -> tf.distribute.Strategy:
-    """Pick the distribution strategy and precision for the visible devices.
+def configure_devices(cluster: WorkerCluster | None = None) -> tf.distribute.Strategy:
+    """Pick the distribution strategy and precision for the visible devices (and the other workers).
 
     With GPUs: ``mixed_float16`` and a MirroredStrategy over all of them (one replica per GPU). Without:
     float32 (the global policy is left as it is) and the default strategy, or with ``$KUBEGRAFT_LOGICAL_CPUS``
-    of 2 or more a MirroredStrategy over that many logical CPU devices.
+    of 2 or more a MirroredStrategy over that many logical CPU devices. With several workers (``cluster``):
+    a MultiWorkerMirroredStrategy over every worker's GPUs (one replica per GPU, or one per worker without),
+    its ``TF_CONFIG`` exported first; it must exist before any other TensorFlow op, like logical devices.
+
+    Args:
+        cluster: This worker's place among several (`cluster.from_env`), or None to train alone.
 
     Returns:
         The strategy under whose scope models are built and compiled.
@@ -95,6 +102,8 @@ def configure_devices() -> tf.distribute.Strategy:
             f"the pod asked for {expected} GPU(s) (resources.gpus) but TensorFlow sees {len(gpus)}: check "
             "the node's GPU driver and device plugin, and that the image's TensorFlow is built with CUDA",
         )
+    if cluster is not None:
+        return _multi_worker(cluster, gpus)
     if not gpus:
         if logical >= 2:
             devices = _logical_cpus(logical)
@@ -107,6 +116,21 @@ def configure_devices() -> tf.distribute.Strategy:
     keras.mixed_precision.set_global_policy("mixed_float16")
     log.info("%d GPU(s): mixed_float16 with MirroredStrategy", len(gpus))
     return tf.distribute.MirroredStrategy()
+
+
+def _multi_worker(cluster: WorkerCluster, gpus: list[Any]) -> tf.distribute.Strategy:
+    """The MultiWorkerMirroredStrategy of ``cluster`` (gRPC between workers, NCCL between GPUs)."""
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    export_tf_config(cluster)
+    install_keras_fixes()
+    log.info(
+        "worker %d of %d, %d GPU(s): MultiWorkerMirroredStrategy", cluster.index, cluster.workers, len(gpus)
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def per_replica_batch(global_batch: int, replicas: int) -> int:

@@ -45,6 +45,7 @@ from kubegraft_trainer.backbones import LoadedBackbone, load_backbone
 from kubegraft_trainer.baseline import fit_pixel_baseline, transfer_gain
 from kubegraft_trainer.cache import DiskCache
 from kubegraft_trainer.checkpoints import CheckpointStore, default_run_id, spec_hash
+from kubegraft_trainer.cluster import WorkerCluster, from_env
 from kubegraft_trainer.dataset import DatasetSplits, discover
 from kubegraft_trainer.devices import configure_devices, replica_devices
 from kubegraft_trainer.errors import TrainerError
@@ -146,6 +147,7 @@ def train(
     verbose: int = 0,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     workdir: Path | None = None,
+    cluster: WorkerCluster | None = None,
 ) -> RunResult:
     """Train a spec (its stages, or strategy auto's recipe search) and publish the model as the next version.
 
@@ -160,9 +162,12 @@ def train(
         verbose: Keras fit verbosity (1: progress bar).
         extra_callbacks: More Keras callbacks for every fit.
         workdir: Scratch folder; a temporary one (removed afterwards) if omitted.
+        cluster: This worker's place when several train together (`cluster.from_env`): all of them train;
+            only the chief (worker 0) writes the run's checkpoints, evaluates and publishes.
 
     Returns:
-        The published version and what produced it.
+        The published version and what produced it (version 0 and no model URI on a worker that is not the
+        chief).
 
     Raises:
         TrainerError: The spec, data, weights or storage made the run fail.
@@ -173,9 +178,11 @@ def train(
     scratch = workdir or _scratch_dir()
     own_scratch = workdir is None
     timings: dict[str, float] = {}
+    chief = cluster is None or cluster.chief
     tracker.set_state("loading")
     try:
-        strategy = configure_devices()  # first: logical devices must be set before TensorFlow starts
+        # First: logical devices and a multi-worker strategy must be set before TensorFlow starts.
+        strategy = configure_devices(cluster)
         keras.utils.set_random_seed(spec.dataset.seed)
         data_storage = open_storage(spec.dataset.uri, spec.storage)
         splits = discover(spec.dataset, data_storage)
@@ -203,8 +210,11 @@ def train(
             timings=timings,
             verbose=verbose,
             extra_callbacks=extra_callbacks,
+            chief=chief,
         )
         parts, records = trained.parts, trained.runner.records
+        if not chief:  # the chief evaluates and publishes what all of them trained
+            return _finish_worker(trained, tracker, run_id, splits.classes)
 
         test = evaluate(trained.probabilities, trained.labels, splits.classes)
         counts = ImageCounts(**splits.counts, skipped=len(trained.skipped))
@@ -265,6 +275,16 @@ def train(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _finish_worker(
+    trained: Trained, tracker: ProgressTracker, run_id: str, classes: Sequence[str]
+) -> RunResult:
+    """A worker other than the chief, trained: drop its scratch checkpoints, leave the rest to worker 0."""
+    trained.store.delete()
+    tracker.set_state("succeeded")
+    print("this worker trained its share; worker 0 evaluates and publishes the model", flush=True)
+    return RunResult(run_id, 0, "", list(classes), trained.runner.records, {}, trained.parts)
+
+
 @dataclass
 class Trained:
     """What training produced before evaluation: the model, its runner, test predictions and side records.
@@ -310,6 +330,7 @@ def _train_and_predict(
     timings: dict[str, float],
     verbose: int,
     extra_callbacks: Sequence[keras.callbacks.Callback],
+    chief: bool = True,
 ) -> Trained:
     """`train_on_source` over the data set's images; storage failures behind TensorFlow errors surface."""
     remote = spec.dataset.uri.startswith("s3://")
@@ -317,7 +338,7 @@ def _train_and_predict(
     data_storage = open_storage(spec.dataset.uri, spec.storage)
     with ImageLoader(data_storage, cache=cache) as loader:  # threads and batch suit the storage
         source = PipelineSource(splits, loader, parts.image_size)
-        store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec))
+        store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec), writable=chief)
         try:
             trained = train_on_source(
                 spec,
@@ -332,6 +353,7 @@ def _train_and_predict(
                 timings=timings,
                 verbose=verbose,
                 extra_callbacks=extra_callbacks,
+                evaluate=chief,
             )
         except tf.errors.OpError:
             if loader.failure is not None:
@@ -357,6 +379,7 @@ def train_on_source(
     verbose: int = 0,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     on_candidate: CandidateHook | None = None,
+    evaluate: bool = True,
 ) -> Trained:
     """Check backbone health, train (stages, or strategy auto's search), predict test, fit the baseline.
 
@@ -375,6 +398,8 @@ def train_on_source(
         verbose: Keras fit verbosity.
         extra_callbacks: More Keras callbacks for every fit.
         on_candidate: With strategy auto, called with each trained candidate (benchmarks score them).
+        evaluate: Predict the test split and fit the baseline (False on a worker that is not the chief: the
+            arrays and the baseline's record come back empty).
 
     Returns:
         What training produced (``skipped`` empty: the caller's loader knows).
@@ -427,6 +452,9 @@ def train_on_source(
         )
         runner.run_all()
     timings["train"] = time.monotonic() - phase
+    if not evaluate:
+        empty = np.zeros((0,), "float32")
+        return Trained(parts, runner, empty, empty, [], health, {}, search, store)
     tracker.set_state("exporting")
     phase = time.monotonic()
     published = search.published if search is not None else parts.model
@@ -656,15 +684,17 @@ def main(
     """
     tracker = ProgressTracker()
     server: ProgressServer | None = None
-    try:
-        server = ProgressServer(tracker, progress_port).start()
-        log.info("progress on port %d (/progress, /metrics)", server.port)
-    except OSError as exc:
-        log.warning("progress server not started: %s", exc)
     code = ExitCode.RETRYABLE
     try:
+        cluster = from_env()
+        if cluster is None or cluster.chief:  # the operator reads the chief's progress only
+            try:
+                server = ProgressServer(tracker, progress_port).start()
+                log.info("progress on port %d (/progress, /metrics)", server.port)
+            except OSError as exc:
+                log.warning("progress server not started: %s", exc)
         spec = load_spec(spec_path)
-        train(spec, run_id=run_id, tracker=tracker, verbose=verbose)
+        train(spec, run_id=run_id, tracker=tracker, verbose=verbose, cluster=cluster)
         code = ExitCode.SUCCEEDED
     except TrainerError as exc:
         log.error("run failed: %s", exc)

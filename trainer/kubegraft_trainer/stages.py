@@ -62,6 +62,7 @@ from kubegraft_trainer.model import (
     frozen_prefix,
     set_trainable,
 )
+from kubegraft_trainer.multiworker import array_dataset, distributable, is_multi_worker
 from kubegraft_trainer.progress import ProgressCallback, ProgressTracker
 from kubegraft_trainer.sources import DEFAULT_MEMORY_BUDGET
 
@@ -598,7 +599,24 @@ class StageRunner:
         ``batchSize`` is the global batch: with several replicas Keras splits each batch across them.
         """
         batch = stage.batch_size
+        seed = self.spec.dataset.seed + index
         build_from_one_replica(trained, self.strategy)
+        if arrays is not None and is_multi_worker(self.strategy):
+            # Several workers: datasets every worker reads alike and shards (Keras' array path does not).
+            train, validation = arrays
+            trained.fit(
+                array_dataset(train[0], train[1], batch, shuffle=True, seed=seed),
+                epochs=stage.epochs,
+                initial_epoch=initial_epoch,
+                validation_data=(
+                    array_dataset(validation[0], validation[1], batch, shuffle=False, seed=0)
+                    if validation is not None
+                    else None
+                ),
+                callbacks=callbacks,
+                verbose=self.verbose,
+            )
+            return
         if arrays is not None:
             train, validation = arrays
             if self.strategy.num_replicas_in_sync == 1:
@@ -608,7 +626,7 @@ class StageRunner:
                     initial_epoch=initial_epoch,
                     validation=validation,
                     callbacks=callbacks,
-                    seed=self.spec.dataset.seed + index,
+                    seed=seed,
                 )
                 return
             trained.fit(  # several replicas: Keras' loop distributes the batches
@@ -627,13 +645,20 @@ class StageRunner:
             # The pipeline's length is unknown until a pass ends (unreadable images are dropped), so Keras
             # warns at the end of every epoch that the input "ran out of data": expected here.
             warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+            train_images = self.source.images("train", batch, shuffle=True, seed=seed)
+            validation_images = (
+                self.source.images("validation", batch, shuffle=False, seed=0) if has_validation else None
+            )
+            if is_multi_worker(self.strategy):  # every worker reads the same sequence and keeps its share
+                train_images = distributable(train_images)
+                validation_images = (
+                    distributable(validation_images) if validation_images is not None else None
+                )
             trained.fit(
-                self.source.images("train", batch, shuffle=True, seed=self.spec.dataset.seed + index),
+                train_images,
                 epochs=stage.epochs,
                 initial_epoch=initial_epoch,
-                validation_data=(
-                    self.source.images("validation", batch, shuffle=False, seed=0) if has_validation else None
-                ),
+                validation_data=validation_images,
                 shuffle=False,  # the pipeline reshuffles every epoch itself
                 callbacks=callbacks,
                 verbose=self.verbose,
