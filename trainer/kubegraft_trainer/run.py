@@ -235,18 +235,7 @@ def train(
         )
         timings["export"] = time.monotonic() - phase
         timings["total"] = time.monotonic() - started
-        extra: dict[str, Any] = {
-            "model": _model_record(spec, loaded, parts),
-            "images": counts.model_dump(by_alias=True),
-            "replicas": strategy.num_replicas_in_sync,
-            "devices": replica_devices(strategy),
-            "precision": keras.mixed_precision.global_policy().name,
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-            "strategy": spec.resolved_strategy,
-            "health": trained.health,
-            **quality,
-        }
-        extra.update(_search_records(trained))
+        extra = _run_record(spec, loaded, trained, strategy=strategy, counts=counts, quality=quality)
         metrics = build_metrics(
             records=records,
             test=test,
@@ -273,6 +262,30 @@ def train(
     finally:
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_record(
+    spec: TransferJobSpec,
+    loaded: LoadedBackbone,
+    trained: Trained,
+    *,
+    strategy: tf.distribute.Strategy,
+    counts: ImageCounts,
+    quality: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json's account of the run beside its stage records: model, images, devices, search."""
+    return {
+        "model": _model_record(spec, loaded, trained.parts),
+        "images": counts.model_dump(by_alias=True),
+        "replicas": strategy.num_replicas_in_sync,
+        "devices": replica_devices(strategy),
+        "precision": keras.mixed_precision.global_policy().name,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "strategy": spec.resolved_strategy,
+        "health": trained.health,
+        **quality,
+        **_search_records(trained),
+    }
 
 
 def _finish_worker(
@@ -454,7 +467,7 @@ def train_on_source(
     timings["train"] = time.monotonic() - phase
     if not evaluate:
         empty = np.zeros((0,), "float32")
-        return Trained(parts, runner, empty, empty, [], health, {}, search, store)
+        return Trained(parts, runner, empty, empty, [], health, {}, search, store, parts.model, None)
     tracker.set_state("exporting")
     phase = time.monotonic()
     published = search.published if search is not None else parts.model
