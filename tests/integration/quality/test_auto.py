@@ -136,10 +136,10 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
 def _search(weights: Path, arrays: dict[str, Any]) -> list[tuple[Any, ...]]:
     spec = TransferJobSpec.model_validate(
         {
-            "dataset": {"uri": "unused", "imageSize": 32, "seed": 5},
+            "dataset": {"uri": "unused-data", "imageSize": 32, "seed": 5},
             "model": {"backbone": "MobileNetV2", "weights": str(weights), "head": {"hidden": [32]}},
             "budget": {"epochs": 45},
-            "output": {"uri": "unused"},
+            "output": {"uri": "unused-models"},
         }
     )
     keras.utils.set_random_seed(5)
