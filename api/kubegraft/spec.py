@@ -715,6 +715,11 @@ def _workers_allowed(s: TransferJobSpec) -> bool:
     return s.workers == 1 or s.resolved_strategy == "stages"
 
 
+def _gate_has_test_split(s: TransferJobSpec) -> bool:
+    gated = s.output.publish_policy != "always" or s.output.min_test_accuracy is not None
+    return s.dataset.test_split > 0 or not gated
+
+
 def _budget_allowed(s: TransferJobSpec) -> bool:
     return s.budget is None or s.resolved_strategy == "auto"
 
@@ -812,6 +817,19 @@ class TransferJobSpec(ApiModel):
             ),
             field_path=".workers",
             check=_workers_allowed,
+        ),
+        CelRule(
+            rule=(
+                "!has(self.dataset.testSplit) || self.dataset.testSplit > 0.0 || "
+                "((!has(self.output.publishPolicy) || self.output.publishPolicy == 'always') && "
+                "!has(self.output.minTestAccuracy))"
+            ),
+            message=(
+                "output.publishPolicy ifBetter and output.minTestAccuracy judge the model on the test split: "
+                "dataset.testSplit must be more than 0"
+            ),
+            field_path=".output",
+            check=_gate_has_test_split,
         ),
     )
 
