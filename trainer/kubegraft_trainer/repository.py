@@ -110,6 +110,18 @@ def read_marker(storage: Storage, version: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def published_by(storage: Storage, run_id: str, *, newest: int = 20) -> int | None:
+    """The version run ``run_id`` already published (its marker names it), among the ``newest`` complete ones.
+
+    A retried pod whose previous attempt published but died before it exited finds its version here instead of
+    publishing a second one (or, with ifBetter, comparing the model with itself).
+    """
+    for version in reversed(complete_versions(storage)[-newest:]):
+        if read_marker(storage, version).get("runId") == run_id:
+            return version
+    return None
+
+
 def remove_incomplete(
     output: Storage, work: Storage, run_id: str, *, now: float | None = None, stale: float = STALE_SECONDS
 ) -> list[int]:

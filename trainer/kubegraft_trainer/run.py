@@ -73,7 +73,7 @@ from kubegraft_trainer.report import (
     evaluate,
     write_report,
 )
-from kubegraft_trainer.repository import publish, save_report, work_storage
+from kubegraft_trainer.repository import publish, published_by, save_report, work_storage
 from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
 from kubegraft_trainer.sources import PipelineSource
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
@@ -331,6 +331,10 @@ def _publish_or_keep_back(
     """
     accuracy = metrics["test"].get("accuracy")
     output = open_storage(spec.output.uri, spec.storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
+    done = published_by(output, run_id)
+    if done is not None:  # an earlier attempt of this run published and died before it exited
+        log.info("run %s already published version %d", run_id, done)
+        return done, output.join(str(done)) + "/"
     phase = time.monotonic()
     comparison = None
     if spec.output.publish_policy == "ifBetter":

@@ -17,6 +17,7 @@ from kubegraft_trainer.repository import (
     copy_order,
     next_version,
     publish,
+    published_by,
     remove_incomplete,
     work_uri,
 )
@@ -140,3 +141,12 @@ def test_reading_an_empty_repository_fails_clearly(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     with pytest.raises(TrainerError, match="no complete model version"):
         _resolve(str(tmp_path / "models"), StorageSpec(), None)
+
+
+def test_the_version_a_run_published_is_found_by_its_run_id_for_a_retried_pod(tmp_path: Path) -> None:
+    repo, work = _repo(tmp_path)
+    publish(_build(tmp_path, "b1"), repo, work, "run-a")
+    publish(_build(tmp_path, "b2"), repo, work, "run-b")
+    assert published_by(repo, "run-a") == 1
+    assert published_by(repo, "run-b") == 2
+    assert published_by(repo, "run-c") is None
