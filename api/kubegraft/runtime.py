@@ -80,9 +80,16 @@ class NoticeReason:
     FINE_TUNE_REGRESSED = "FineTuneRegressed"  # a stage ended below the previous best; weights were restored
     BATCH_NORM_REESTIMATED = "BatchNormReestimated"  # collapsed backbone features; BN statistics re-estimated
     RECIPE_CHOSEN = "RecipeChosen"  # strategy auto picked a recipe (the message names it and its score)
+    # The publish gate kept the run from publishing a version (the run still succeeds):
+    NOT_BETTER = "NotBetter"  # publishPolicy ifBetter: the latest published version scored as well or better
+    BELOW_MINIMUM = "BelowMinimum"  # the test accuracy is below output.minTestAccuracy
 
 
-WARNING_NOTICES = frozenset({NoticeReason.NO_TRANSFER_GAIN, NoticeReason.FINE_TUNE_REGRESSED})
+# Notices that say a run published no version (the operator's Published condition is False with the reason).
+UNPUBLISHED_NOTICES = frozenset({NoticeReason.NOT_BETTER, NoticeReason.BELOW_MINIMUM})
+WARNING_NOTICES = frozenset(
+    {NoticeReason.NO_TRANSFER_GAIN, NoticeReason.FINE_TUNE_REGRESSED, NoticeReason.BELOW_MINIMUM}
+)
 
 
 class Notice(ApiModel):

@@ -171,6 +171,7 @@ MAX_IMAGE_SIZE = 1024
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 OutputFormat = Literal["savedmodel", "keras", "tflite"]
+PublishPolicy = Literal["always", "ifBetter"]
 Monitor = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 
 
@@ -384,10 +385,14 @@ class Augmentation(ApiModel):
 
 
 class OutputSpec(ApiModel):
-    """Where the trained model is published, as numbered versions <uri>/<n>/."""
+    """Where the trained model is published, as numbered versions <uri>/<n>/, and when a run may publish."""
 
     uri: StorageUri = Field(
-        ..., description="Model repository: each run publishes <uri>/<n>/ as TF Serving and KServe expect."
+        ...,
+        description=(
+            "Model repository, the base path to give TF Serving and KServe (storageUri): it holds only the "
+            "versions <uri>/<n>/; checkpoints and staging go to <parent>/.kubegraft/<name>/ beside it."
+        ),
     )
     formats: Annotated[list[OutputFormat], AfterValidator(unique)] = Field(
         default_factory=lambda: list[OutputFormat](["savedmodel"]),
@@ -395,6 +400,24 @@ class OutputSpec(ApiModel):
         max_length=3,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Formats to publish: savedmodel (always served), keras, tflite. Default [savedmodel].",
+    )
+    publish_policy: PublishPolicy = Field(
+        "always",
+        description=(
+            "always: every successful run publishes a version. ifBetter: only when the new model's test "
+            "accuracy beats the latest published version's, both scored on this run's test split; otherwise "
+            "the run succeeds without a new version (condition Published=False, reason NotBetter). "
+            "Default always."
+        ),
+    )
+    min_test_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Publish only when the test accuracy is at least this (0..1); below it the run succeeds without "
+            "a new version (condition Published=False, reason BelowMinimum). Default: no minimum."
+        ),
     )
 
 
@@ -692,6 +715,11 @@ def _workers_allowed(s: TransferJobSpec) -> bool:
     return s.workers == 1 or s.resolved_strategy == "stages"
 
 
+def _gate_has_test_split(s: TransferJobSpec) -> bool:
+    gated = s.output.publish_policy != "always" or s.output.min_test_accuracy is not None
+    return s.dataset.test_split > 0 or not gated
+
+
 def _budget_allowed(s: TransferJobSpec) -> bool:
     return s.budget is None or s.resolved_strategy == "auto"
 
@@ -789,6 +817,19 @@ class TransferJobSpec(ApiModel):
             ),
             field_path=".workers",
             check=_workers_allowed,
+        ),
+        CelRule(
+            rule=(
+                "!has(self.dataset.testSplit) || self.dataset.testSplit > 0.0 || "
+                "((!has(self.output.publishPolicy) || self.output.publishPolicy == 'always') && "
+                "!has(self.output.minTestAccuracy))"
+            ),
+            message=(
+                "output.publishPolicy ifBetter and output.minTestAccuracy judge the model on the test split: "
+                "dataset.testSplit must be more than 0"
+            ),
+            field_path=".output",
+            check=_gate_has_test_split,
         ),
     )
 

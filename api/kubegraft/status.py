@@ -26,6 +26,7 @@ class ConditionType:
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     TRANSFER_GAIN = "TransferGain"  # True: the model beat the raw-pixel baseline; False: NoTransferGain
+    PUBLISHED = "Published"  # True: the run published a version; False: the publish gate kept it back
 
 
 class Condition(ApiModel):
@@ -91,5 +92,8 @@ class TransferJobStatus(ApiModel):
     conditions: Annotated[list[Condition], AfterValidator(_unique_types)] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Reconciling, Stalled, Succeeded, Failed, Suspended.",
+        description=(
+            "Ready, Reconciling, Stalled, Succeeded, Failed, Suspended; once a run succeeded, Published "
+            "(False with NotBetter or BelowMinimum when the publish gate kept the model back), TransferGain."
+        ),
     )

@@ -5,7 +5,7 @@ keyed by `type`; `lastTransitionTime` changes only when `status` flips; `reason`
 one human sentence; every condition carries the `observedGeneration` it describes. The condition set follows
 kstatus: `Reconciling` True while a run is under way, `Stalled` True when it cannot make progress or failed,
 `Ready` True once it succeeded, plus `Succeeded`, `Failed` and `Suspended` for
-`kubectl wait --for=condition=...`.
+`kubectl wait --for=condition=...`; a succeeded run adds `Published` and `TransferGain`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ CONDITION_ORDER = (
     ConditionType.SUCCEEDED,
     ConditionType.FAILED,
     ConditionType.SUSPENDED,
+    ConditionType.PUBLISHED,
     ConditionType.TRANSFER_GAIN,
 )
 

@@ -23,7 +23,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubegraft.runtime import WARNING_NOTICES, ExitCode, FailureReason, Notice, NoticeReason, TrainingProgress
+from kubegraft.runtime import (
+    UNPUBLISHED_NOTICES,
+    WARNING_NOTICES,
+    ExitCode,
+    FailureReason,
+    Notice,
+    NoticeReason,
+    TrainingProgress,
+)
 from kubegraft.spec import TransferJobSpec
 from kubegraft.status import ConditionType
 from kubegraft_operator.conditions import DesiredCondition, find, merge
@@ -66,6 +74,7 @@ class Reason:
     TRANSFER_GAIN = "TransferGain"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
     FAILED_CREATE = "FailedCreate"
+    PUBLISHED = "Published"
 
 
 # Metric names (trainer contract) that say the run measured itself against the raw-pixel baseline.
@@ -626,6 +635,75 @@ def transfer_gain_condition(
     return [DesiredCondition(ConditionType.TRANSFER_GAIN, True, Reason.TRANSFER_GAIN, text)]
 
 
+def _kept(before: Mapping[str, Any]) -> DesiredCondition:
+    return DesiredCondition(
+        str(before.get("type", "")),
+        before.get("status") == "True",
+        str(before.get("reason", "")),
+        str(before.get("message", "")),
+    )
+
+
+def unpublished_notice(word: TrainingProgress | None) -> Notice | None:
+    """The trainer's notice that its publish gate kept the model back (NotBetter, BelowMinimum), if any."""
+    notices = word.notices if word is not None else []
+    return next((n for n in notices if n.reason in UNPUBLISHED_NOTICES), None)
+
+
+def published_condition(
+    summary: Summary,
+    model_uri: str | None,
+    word: TrainingProgress | None,
+    previous_conditions: Sequence[Mapping[str, Any]],
+) -> list[DesiredCondition]:
+    """The `Published` condition of a succeeded run ([] for other phases or when nothing says).
+
+    False with the publish gate's reason (NotBetter, BelowMinimum) and message when the trainer reported
+    one; True (Published) when the run published a version; with no word from the trainer (its pods are
+    gone), the run's previous verdict is kept.
+
+    Args:
+        summary: the run's summary (only Succeeded gets the condition).
+        model_uri: the version the run published, as the status holds it.
+        word: the trainer's /progress or final termination message, if seen in this reconcile.
+        previous_conditions: the same run's previous conditions ([] for a new run).
+    """
+    if summary.phase != "Succeeded":
+        return []
+    before = find(previous_conditions, ConditionType.PUBLISHED)
+    if word is None and before is not None:
+        return [_kept(before)]
+    notice = unpublished_notice(word)
+    if notice is not None:
+        text = _short(notice.message or "The publish gate kept the model back.")
+        return [DesiredCondition(ConditionType.PUBLISHED, False, notice.reason, text)]
+    if model_uri:
+        return [DesiredCondition(ConditionType.PUBLISHED, True, Reason.PUBLISHED, f"Published {model_uri}.")]
+    return []
+
+
+def _succeeded_summary(summary: Summary, model_uri: str | None, kept_back: str) -> Summary:
+    """A succeeded run's message names the version it published, or why the publish gate kept it back."""
+    if summary.phase != "Succeeded":
+        return summary
+    if model_uri:
+        return replace(summary, message=f"{summary.message[:-1]}: published {model_uri}.")
+    if kept_back:
+        return replace(summary, message=_short(f"{summary.message} {kept_back.rstrip('.')}."))
+    return summary
+
+
+def _kept_back_text(word: TrainingProgress | None, previous_conditions: Sequence[Mapping[str, Any]]) -> str:
+    """Why the publish gate kept the run's model back ("" if not): the notice, else the last verdict."""
+    notice = unpublished_notice(word)
+    if notice is not None:
+        return notice.message or notice.reason
+    before = find(previous_conditions, ConditionType.PUBLISHED)
+    if word is None and before is not None and before.get("status") == "False":
+        return str(before.get("message", ""))
+    return ""
+
+
 def notice_event(notice: Notice) -> tuple[str, str, str]:
     """(Event type, reason, message) of a trainer notice: Warning for `WARNING_NOTICES`, else Normal."""
     type_ = "Warning" if notice.reason in WARNING_NOTICES else "Normal"
@@ -684,14 +762,11 @@ def derive_status(
     for source in (progress, final):
         if source is not None:
             status.update(_progress_fields(source))
-    if summary.phase == "Succeeded" and status.get("modelUri"):
-        summary = replace(summary, message=f"{summary.message[:-1]}: published {status['modelUri']}.")
-    gain = transfer_gain_condition(
-        summary,
-        status.get("metrics") or {},
-        progress or final,
-        (previous.get("conditions") or []) if same_run else [],
-    )
+    word = progress or final
+    same_run_conditions = (previous.get("conditions") or []) if same_run else []
+    summary = _succeeded_summary(summary, status.get("modelUri"), _kept_back_text(word, same_run_conditions))
+    gain = transfer_gain_condition(summary, status.get("metrics") or {}, word, same_run_conditions)
+    published = published_condition(summary, status.get("modelUri"), word, same_run_conditions)
     job = plan.job
     start = (job.start_time if job is not None else None) or (previous.get("startTime") if same_run else None)
     completion = None
@@ -705,7 +780,7 @@ def derive_status(
             "observedGeneration": generation,
             "conditions": merge(
                 previous.get("conditions") or [],
-                [*desired_conditions(summary), *gain],
+                [*desired_conditions(summary), *published, *gain],
                 generation=generation,
                 now=now,
             ),

@@ -1,4 +1,8 @@
-"""Per-epoch checkpoints under ``<output.uri>/checkpoints/<run id>/``, so a restarted pod resumes its run.
+"""Per-epoch checkpoints in the output's work area, so a restarted pod resumes its run.
+
+They live in ``<work area>/checkpoints/<run id>/`` (`repository.work_uri`: ``<parent>/.kubegraft/<name>/``
+beside ``output.uri``, never inside the served base path). A run that finds no checkpoint there but one in
+the earlier layout's ``<output.uri>/checkpoints/<run id>/`` resumes from that one and keeps writing there.
 
 `kubegraft_trainer.stages` saves after every epoch (`EpochCheckpoint`, a Keras callback) and after every
 finished stage (`CheckpointStore.finish_stage`); `kubegraft_trainer.run` deletes the folder after a successful
@@ -39,12 +43,13 @@ import numpy as np
 from kubegraft.runtime import FailureReason
 from kubegraft.spec import StorageSpec, TransferJobSpec
 from kubegraft_trainer.errors import TrainerError
+from kubegraft_trainer.repository import CHECKPOINTS, work_uri
 from kubegraft_trainer.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-CHECKPOINTS_DIR = "checkpoints"
+LEGACY_CHECKPOINTS_DIR = "checkpoints"  # <output.uri>/checkpoints/: the layout before the work area
 
 
 def spec_hash(spec: TransferJobSpec) -> str:
@@ -155,17 +160,27 @@ class CheckpointStore:
         spec_digest: `spec_hash` of the run's spec.
         writable: False for a worker other than the chief of several: it resumes from the run's checkpoint
             like the chief, but what it saves goes to its own scratch folder (the chief's copy is the run's).
+        base_uri: The folder holding run folders; default the work area's ``checkpoints/`` (or the earlier
+            layout's ``<output.uri>/checkpoints/`` when only it holds this run's state).
     """
 
     def __init__(
-        self, output_uri: str, run_id: str, storage: StorageSpec, spec_digest: str, *, writable: bool = True
+        self,
+        output_uri: str,
+        run_id: str,
+        storage: StorageSpec,
+        spec_digest: str,
+        *,
+        writable: bool = True,
+        base_uri: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.spec_digest = spec_digest
         self.writable = writable
         self._output_uri, self._storage_spec = output_uri, storage
-        root = open_storage(output_uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
-        self.uri = root.join(CHECKPOINTS_DIR, run_id)
+        self._base = base_uri or _base_uri(output_uri, run_id, storage)
+        base = open_storage(self._base, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
+        self.uri = base.join(run_id)
         self.storage: Storage = open_storage(
             self.uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE
         )
@@ -292,7 +307,12 @@ class CheckpointStore:
         `delete` of this store deletes the children too. The strategy auto search keeps one per candidate.
         """
         return CheckpointStore(
-            self._output_uri, f"{self.run_id}/{name}", self._storage_spec, spec_digest, writable=self.writable
+            self._output_uri,
+            f"{self.run_id}/{name}",
+            self._storage_spec,
+            spec_digest,
+            writable=self.writable,
+            base_uri=self._base,
         )
 
     def read_json(self, name: str) -> dict[str, Any] | None:
@@ -322,7 +342,21 @@ class CheckpointStore:
         except TrainerError as exc:
             log.warning("could not delete checkpoints at %s: %s", self.uri, exc.message)
         if isinstance(self.storage, LocalStorage):  # folders are not objects: drop the empty ones too
-            for folder in (self.storage.root, self.storage.root.parent):
+            for folder in (self.storage.root, *self.storage.root.parents[:3]):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _base_uri(output_uri: str, run_id: str, storage: StorageSpec) -> str:
+    """The work area's ``checkpoints/``, unless only the earlier layout's folder holds this run's state."""
+    current = f"{work_uri(output_uri)}/{CHECKPOINTS}"
+    legacy = open_storage(output_uri, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
+    legacy_key = f"{LEGACY_CHECKPOINTS_DIR}/{run_id}/{STATE_FILE}"
+    work = open_storage(current, storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
+    if not work.exists(f"{run_id}/{STATE_FILE}") and legacy.exists(legacy_key):
+        log.info(
+            "resuming from the checkpoint at %s (earlier layout)", legacy.join(LEGACY_CHECKPOINTS_DIR, run_id)
+        )
+        return legacy.join(LEGACY_CHECKPOINTS_DIR)
+    return current

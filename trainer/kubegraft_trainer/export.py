@@ -1,8 +1,8 @@
-"""Export and atomic publish: the serving SavedModel, other formats, numbered versions ``<output.uri>/<n>/``.
+"""Export: the serving SavedModel and the other formats of one version, written into a local folder.
 
 `kubegraft_trainer.run` calls `write_savedmodel` (and `write_keras`, `write_tflite` when asked) into a local
-build folder next to the reports, then `publish`. `kubegraft_trainer.predict` and the next-version counter
-read versions with `complete_versions` / `next_version`.
+build folder next to the reports; `kubegraft_trainer.repository.publish` then publishes that folder as the
+next numbered version ``<output.uri>/<n>/``.
 
 The SavedModel's ``serving_default`` signature takes a batch of encoded images (``tf.string [None]``, JPEG,
 PNG, BMP, GIF or WebP bytes) and decodes and resizes them with the very function training used
@@ -10,21 +10,12 @@ PNG, BMP, GIF or WebP bytes) and decodes and resizes them with the very function
 does, ``classes`` (class names [None, C], most probable first) and ``scores`` (float32 [None, C], the same
 ranking: ``scores[i][j]`` is the probability of ``classes[i][j]``), and beside them ``probabilities``
 (float32 [None, C], columns in labels.txt order, unranked).
-
-Publishing is atomic for readers: a version counts only once its marker object ``<n>/_COMPLETE`` exists, and
-the marker is written last, after every other file (``saved_model.pb`` just before it). On a local filesystem
-the whole version is first assembled in ``<output>/.staging-<run id>/`` and renamed to ``<output>/<n>/`` in
-one step. Version numbers are never reused: the next is one more than the highest number present, complete or
-not.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,20 +23,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kubegraft.runtime import FailureReason
-from kubegraft_trainer.errors import TrainerError
 from kubegraft_trainer.images import decode_and_resize
-from kubegraft_trainer.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "_COMPLETE"
 LABELS_FILE = "labels.txt"
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "images"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
-_LAST_MODEL_FILE = "saved_model.pb"
 
 
 def serving_function(model: keras.Model, class_names: Sequence[str], image_size: int) -> Any:
@@ -134,87 +120,3 @@ def write_tflite(model: keras.Model, image_size: int, path: Path) -> None:
 def write_labels(class_names: Sequence[str], path: Path) -> None:
     """Write labels.txt: one class name per line, in output order."""
     path.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
-
-
-def _versions(storage: Storage) -> tuple[set[int], set[int]]:
-    """All version numbers present and those complete, from one listing."""
-    present: set[int] = set()
-    complete: set[int] = set()
-    for info in storage.list(""):
-        head, _, rest = info.key.partition("/")
-        if head.isdigit() and rest:
-            present.add(int(head))
-            if rest == COMPLETE_MARKER:
-                complete.add(int(head))
-    return present, complete
-
-
-def complete_versions(storage: Storage) -> list[int]:
-    """The published versions readers may use (those with their ``_COMPLETE`` marker), ascending."""
-    return sorted(_versions(storage)[1])
-
-
-def next_version(storage: Storage) -> int:
-    """One more than the highest version number present, complete or not (numbers are never reused)."""
-    present, _ = _versions(storage)
-    return max(present, default=0) + 1
-
-
-def _upload_order(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
-    return sorted(files, key=lambda p: p.name == _LAST_MODEL_FILE)  # stable: saved_model.pb goes last
-
-
-def publish(build_dir: Path, storage: Storage, run_id: str, *, record: dict[str, Any] | None = None) -> int:
-    """Publish the files under ``build_dir`` as the next version ``<n>/`` of the output.
-
-    Args:
-        build_dir: A complete local version folder (SavedModel at its root, reports beside it).
-        storage: The output storage (its root is output.uri).
-        run_id: The run's id, written into the marker.
-        record: Extra facts for the marker (e.g. test accuracy).
-
-    Returns:
-        The version number published.
-
-    Raises:
-        TrainerError: The output cannot be written (OutputNotWritable).
-    """
-    marker = {
-        "runId": run_id,
-        "publishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **(record or {}),
-    }
-    if isinstance(storage, LocalStorage):
-        return _publish_local(build_dir, storage.root, run_id, marker)
-    version = next_version(storage)
-    marker["version"] = version
-    for path in _upload_order(build_dir):
-        storage.upload_file(path, f"{version}/{path.relative_to(build_dir).as_posix()}")
-    storage.write_bytes(f"{version}/{COMPLETE_MARKER}", json.dumps(marker).encode())
-    log.info("published version %d to %s", version, storage.join(str(version)))
-    return version
-
-
-def _publish_local(build_dir: Path, root: Path, run_id: str, marker: dict[str, Any]) -> int:
-    staging = root / f".staging-{run_id}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(build_dir, staging)
-        for _ in range(100):  # another writer may take a number between listing and renaming
-            version = next_version(LocalStorage(str(root)))
-            marker["version"] = version
-            (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
-            try:
-                staging.rename(root / str(version))
-            except OSError:
-                if (root / str(version)).exists():
-                    continue
-                raise
-            return version
-    except OSError as exc:
-        raise TrainerError(
-            FailureReason.OUTPUT_NOT_WRITABLE, f"cannot publish to {root}: {exc.strerror or exc}"
-        ) from exc
-    raise TrainerError(FailureReason.OUTPUT_NOT_WRITABLE, f"cannot find a free version number under {root}")

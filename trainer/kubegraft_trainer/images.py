@@ -87,6 +87,13 @@ def resize_pixels(images: tf.Tensor | np.ndarray, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(tf.cast(resized, tf.float32), 0.0, 255.0)
 
 
+def crop_to_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+    """Crop a decoded ``[H, W, C]`` image to ``[xmin, ymin, xmax, ymax]`` as training does (clipped)."""
+    import tensorflow as tf
+
+    return _crop(image, tf.cast(box, tf.int32))
+
+
 def _crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
     import tensorflow as tf
 

@@ -20,13 +20,8 @@ import tensorflow as tf
 from kubegraft.runtime import FailureReason
 from kubegraft.spec import StorageSpec
 from kubegraft_trainer.errors import TrainerError
-from kubegraft_trainer.export import (
-    COMPLETE_MARKER,
-    LABELS_FILE,
-    SERVING_INPUT,
-    SERVING_SIGNATURE,
-    complete_versions,
-)
+from kubegraft_trainer.export import LABELS_FILE, SERVING_INPUT, SERVING_SIGNATURE
+from kubegraft_trainer.repository import COMPLETE_MARKER, complete_versions
 from kubegraft_trainer.storage import Storage, open_storage
 from kubegraft_trainer.uris import split_uri
 

@@ -53,28 +53,38 @@ from kubegraft_trainer.export import (
     KERAS_FILE,
     LABELS_FILE,
     TFLITE_FILE,
-    publish,
     write_keras,
     write_labels,
     write_savedmodel,
     write_tflite,
 )
+from kubegraft_trainer.gate import compare_with_published, decide
 from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
 from kubegraft_trainer.inference import warm_while
 from kubegraft_trainer.model import TransferModel, build_transfer_model, trainable_summary
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.pixels import split_pixels
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
-from kubegraft_trainer.report import build_metrics, evaluate, write_report
+from kubegraft_trainer.report import (
+    CONFUSION_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    build_metrics,
+    evaluate,
+    write_report,
+)
+from kubegraft_trainer.repository import publish, published_by, save_report, work_storage
 from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
 from kubegraft_trainer.sources import PipelineSource
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
-from kubegraft_trainer.storage import open_storage
+from kubegraft_trainer.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "transferjob.json"
 RECIPE_FILE = "recipe.yaml"
+# What a run that published no version keeps in <work area>/reports/<run id>/.
+REPORT_FILES = [METRICS_FILE, CURVES_FILE, CONFUSION_FILE, SPEC_FILE, RECIPE_FILE]
 PINNED_NAME = "pinned-recipe"  # metadata.name of recipe.yaml: a valid placeholder the user renames
 # Training images the health check measures and re-estimates BN statistics on (one forward pass each).
 HEALTH_IMAGES = 1024
@@ -90,8 +100,8 @@ class RunResult:
     """What a successful run produced."""
 
     run_id: str
-    version: int
-    model_uri: str
+    version: int | None  # None: the publish gate kept the model back (see metrics["publish"])
+    model_uri: str | None
     class_names: list[str]
     records: list[StageRecord]
     metrics: dict[str, Any]
@@ -166,7 +176,7 @@ def train(
             only the chief (worker 0) writes the run's checkpoints, evaluates and publishes.
 
     Returns:
-        The published version and what produced it (version 0 and no model URI on a worker that is not the
+        The published version and what produced it (no version and no model URI on a worker that is not the
         chief).
 
     Raises:
@@ -247,17 +257,20 @@ def train(
             recipe=trained.search.recipe if trained.search is not None else trained.runner.recipe(),
             extra=extra,
         )
-        write_report(build, metrics, records, splits.classes)
-
-        output = open_storage(
-            spec.output.uri, spec.storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE
+        version, model_uri = _publish_or_keep_back(
+            spec,
+            build,
+            metrics,
+            records,
+            splits,
+            data=data_storage,
+            run_id=run_id,
+            tracker=tracker,
+            timings=timings,
         )
-        version = publish(build, output, run_id, record={"testAccuracy": test["accuracy"]})
-        model_uri = output.join(str(version)) + "/"
         trained.store.delete()  # the run's checkpoints (with strategy auto, every candidate's too)
         tracker.set_state("succeeded", model_uri=model_uri)
-        log.info("published %s (test accuracy %s)", model_uri, test["accuracy"])
-        console(f"published {model_uri} test_accuracy={test['accuracy']}", model_uri=model_uri)
+        console(f"published {model_uri or 'nothing'} test_accuracy={test['accuracy']}", model_uri=model_uri)
         return RunResult(run_id, version, model_uri, list(splits.classes), records, metrics, parts)
     finally:
         if own_scratch:
@@ -295,7 +308,54 @@ def _finish_worker(
     trained.store.delete()
     tracker.set_state("succeeded")
     print("this worker trained its share; worker 0 evaluates and publishes the model", flush=True)
-    return RunResult(run_id, 0, "", list(classes), trained.runner.records, {}, trained.parts)
+    return RunResult(run_id, None, None, list(classes), trained.runner.records, {}, trained.parts)
+
+
+def _publish_or_keep_back(
+    spec: TransferJobSpec,
+    build: Path,
+    metrics: dict[str, Any],
+    records: Sequence[StageRecord],
+    splits: DatasetSplits,
+    *,
+    data: Storage,
+    run_id: str,
+    tracker: ProgressTracker,
+    timings: dict[str, float],
+) -> tuple[int | None, str | None]:
+    """Ask the publish gate, write the report, then publish the build or keep its report in the work area.
+
+    Returns:
+        The published version and its URI, or (None, None) when the gate kept the model back (its notice
+        names the reason; metrics.json goes to ``<work area>/reports/<run id>/``).
+    """
+    accuracy = metrics["test"].get("accuracy")
+    output = open_storage(spec.output.uri, spec.storage, not_found_reason=FailureReason.OUTPUT_NOT_WRITABLE)
+    done = published_by(output, run_id)
+    if done is not None:  # an earlier attempt of this run published and died before it exited
+        log.info("run %s already published version %d", run_id, done)
+        return done, output.join(str(done)) + "/"
+    phase = time.monotonic()
+    comparison = None
+    if spec.output.publish_policy == "ifBetter":
+        comparison = compare_with_published(spec.output, spec.storage, output, build, splits, data)
+        if comparison is not None:
+            tracker.add_metrics({"published_test_accuracy": comparison.published_accuracy})
+    gate = decide(spec.output, accuracy, comparison)
+    timings["gate"] = time.monotonic() - phase
+    log.info("publish gate: %s", gate.message)
+    metrics["publish"] = gate.record
+    write_report(build, metrics, records, splits.classes)
+    work = work_storage(spec.output.uri, spec.storage)
+    if not gate.publish:
+        report = save_report(build, work, run_id, REPORT_FILES)
+        tracker.add_notice(gate.reason, f"{gate.message}; report at {report}{METRICS_FILE}")
+        log.warning("%s; report at %s", gate.message, report)
+        return None, None
+    version = publish(build, output, work, run_id, record={"testAccuracy": accuracy})
+    model_uri = output.join(str(version)) + "/"
+    log.info("published %s (test accuracy %s)", model_uri, accuracy)
+    return version, model_uri
 
 
 @dataclass

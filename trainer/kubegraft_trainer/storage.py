@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
@@ -189,10 +189,14 @@ class GetSigner:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its key relative to the storage root and its size in bytes."""
+    """One stored object: its key relative to the storage root, its size in bytes and when it was written.
+
+    ``modified`` (seconds since the epoch; None where unknown) does not take part in comparisons.
+    """
 
     key: str
     size: int
+    modified: float | None = field(default=None, compare=False)
 
 
 @runtime_checkable
@@ -483,7 +487,12 @@ class S3Storage:
                 key = str(item["Key"])
                 if key.endswith("/"):
                     continue  # a folder marker, not an object
-                yield ObjectInfo(key=key[strip:], size=int(item.get("Size", 0)))
+                written = item.get("LastModified")
+                yield ObjectInfo(
+                    key=key[strip:],
+                    size=int(item.get("Size", 0)),
+                    modified=written.timestamp() if written is not None else None,
+                )
 
     @retry(
         retry=retry_if_exception_type(_STREAM_ERRORS),
@@ -644,6 +653,24 @@ class S3Storage:
             for future in futures:
                 future.result()
 
+    def copy_from(self, source: S3Storage, source_key: str, key: str) -> None:
+        """Copy ``source_key`` of ``source`` (same endpoint and credentials) to ``key``, inside the server.
+
+        boto3's managed copy: one CopyObject, or a multipart UploadPartCopy for big objects; no bytes pass
+        through the pod.
+        """
+        self._call(
+            "write",
+            key,
+            lambda: self._client.copy(
+                {"Bucket": source.bucket, "Key": source._key(source_key)},
+                self.bucket,
+                self._key(key),
+                Config=self._transfer,
+            ),
+            writing=True,
+        )
+
     def download_file(self, key: str, dest: Path) -> None:
         """Write the object ``key`` to ``dest`` (parents created; multipart ranged GETs for big objects)."""
         dest = Path(dest)
@@ -752,10 +779,10 @@ class LocalStorage:
                     if not key.startswith(clean) or entry.name.startswith(".kubegraft-tmp-"):
                         continue
                     try:
-                        size = entry.stat().st_size
+                        stat = entry.stat()
                     except FileNotFoundError:  # a symbolic link to nothing holds no object
                         continue
-                    found.append(ObjectInfo(key=key, size=size))
+                    found.append(ObjectInfo(key=key, size=stat.st_size, modified=stat.st_mtime))
         yield from sorted(found, key=lambda info: info.key)
 
     def read_many(self, keys: Sequence[str]) -> builtins.list[bytes | TrainerError]:

@@ -130,6 +130,7 @@ def test_finetune_runs_the_frozen_bottom_once_per_image_unless_augmented(
         passes = 2 * seen + WARM_UP_IMAGES
     assert counted_images(result.parts.model) == passes + counts["test"] + health_n
     assert tune.epochs_run == epochs and len(tune.history["val_accuracy"]) == epochs
+    assert result.model_uri is not None
     metrics = json.loads((Path(result.model_uri) / "metrics.json").read_text())
     assert {s["name"]: s["frozen_prefix"] for s in metrics["stages"]} == {
         "head": None,

@@ -92,10 +92,12 @@ def test_run_from_s3_publishes_to_s3_and_predict_reads_the_latest_complete_versi
     result = runner.invoke(app, ["run", str(manifest), "--local", "--progress-port", "0"])
     assert result.exit_code == 0, result.output
 
-    keys = {item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix="models/")["Contents"]}
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     for name in ("saved_model.pb", "labels.txt", "metrics.json", "model.tflite", "_COMPLETE"):
-        assert f"models/8/{name}" in keys, name  # 7 exists, incomplete: never reused, never read
-    assert not any(k.startswith("models/checkpoints/") for k in keys)
+        assert f"models/8/{name}" in keys, name  # 7 is being written (fresh, incomplete): skipped, never read
+    served = [k for k in keys if k.startswith("models")]  # what KServe's storage initializer would copy
+    assert all(k.split("/")[1].isdigit() for k in served), served  # only versions in the base path
+    assert not [k for k in keys if k.startswith(".kubegraft/models/")]  # checkpoints and staging cleaned up
 
     image = tmp_path / "trouser.png"
     image.write_bytes((transfer_images / "Trouser").iterdir().__next__().read_bytes())

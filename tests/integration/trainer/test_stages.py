@@ -17,6 +17,7 @@ from kubegraft_trainer.backbones import load_backbone
 from kubegraft_trainer.checkpoints import CheckpointStore, spec_hash
 from kubegraft_trainer.model import build_transfer_model
 from kubegraft_trainer.progress import ProgressTracker
+from kubegraft_trainer.repository import work_uri
 from kubegraft_trainer.run import train
 from kubegraft_trainer.sources import ArraySource
 from kubegraft_trainer.stages import StageRecord, StageRunner
@@ -126,8 +127,9 @@ def test_run_killed_mid_stage_resumes_from_checkpoint_with_same_total_epochs(
     with pytest.raises(RunKilledError):
         train(spec, run_id="resume", tracker=first, extra_callbacks=[_InterruptAt(first, "finetune", 2)])
     assert first.snapshot().completed_epochs == 5
-    checkpoints = open_storage(spec.output.uri, spec.storage)
+    checkpoints = open_storage(work_uri(spec.output.uri), spec.storage)
     assert checkpoints.exists("checkpoints/resume/state.json")
+    assert not open_storage(spec.output.uri, spec.storage).exists("checkpoints/resume/state.json")
 
     counter = _CountEpochs()
     second = ProgressTracker(out=io.StringIO())
@@ -183,6 +185,7 @@ def test_stage_that_ends_below_the_previous_best_is_rolled_back_with_a_notice(
     regressed = [n for n in tracker.snapshot().notices if n.reason == NoticeReason.FINE_TUNE_REGRESSED]
     assert len(regressed) == 1
     assert "wreck" in regressed[0].message and "head" in regressed[0].message
+    assert result.model_uri is not None
     metrics = json.loads((Path(result.model_uri) / "metrics.json").read_text())
     by_name = {s["name"]: s for s in metrics["stages"]}
     assert (by_name["wreck"]["regressed"], by_name["wreck"]["restored"]) == (True, "head")

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 
 from kubegraft.cli import app
 from kubegraft.spec import TransferJobSpec
-from kubegraft_trainer.export import COMPLETE_MARKER, SERVING_SIGNATURE
+from kubegraft_trainer.export import SERVING_SIGNATURE
 from kubegraft_trainer.images import decode_and_resize
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker
+from kubegraft_trainer.repository import COMPLETE_MARKER
 from kubegraft_trainer.run import RunResult, train
 from tests.harness.fashion import CLASS_NAMES, encode_image, load_fashion_mnist, pick_indices
 from tests.integration.trainer.conftest import TRANSFER_CLASSES, build_spec, stage

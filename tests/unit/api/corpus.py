@@ -113,6 +113,16 @@ VALID_VARIANTS: dict[str, dict[str, Any]] = {
         )
     ),
     "linear-without-stages": _variant(_spec(classifier="linear")),
+    "publish-gate": _variant(
+        lambda m: m["spec"]["output"].update(publishPolicy="ifBetter", minTestAccuracy=0.8)
+    ),
+    "publish-gate-minimum-bounds": _variant(lambda m: m["spec"]["output"].update(minTestAccuracy=1)),
+    "no-test-split-without-gate": _variant(
+        lambda m: (
+            m["spec"]["dataset"].update(testSplit=0),
+            m["spec"]["output"].update(publishPolicy="always"),
+        )
+    ),
     "strategy-auto-with-budget": _variant(_spec(strategy="auto", budget={"minutes": 5, "epochs": 40})),
     "budget-without-strategy": _variant(_spec(budget={"minutes": 5})),
     "strategy-stages-without-stages": _variant(_spec(strategy="stages")),

@@ -445,3 +445,62 @@ def test_the_emitted_notice_count_belongs_to_its_run() -> None:
 
     tj = transferjob(annotations={ANNOTATION_NOTICES: "1/3"})
     assert (notices_emitted(tj, 1), notices_emitted(tj, 2), notices_emitted(transferjob(), 1)) == (3, 0, 0)
+
+
+# ---- Published: the publish gate -------------------------------------------------------------------------
+
+_KEPT_BACK = {
+    "state": "succeeded",
+    "metrics": {"test_accuracy": 0.7, "published_test_accuracy": 0.8},
+    "notices": [
+        {
+            "reason": "NotBetter",
+            "message": "No version published: the new model does not beat version 1 (publishPolicy ifBetter)",
+        }
+    ],
+}
+
+
+def test_a_run_that_published_has_published_true_naming_its_version() -> None:
+    status = _succeeded({"state": "succeeded", "modelUri": "s3://m/cars/2/"}).status
+    published = _condition(status, "Published")
+    assert (published["status"], published["reason"]) == ("True", "Published")
+    assert "s3://m/cars/2/" in published["message"]
+
+
+def test_a_run_the_gate_kept_back_succeeds_with_published_false_and_the_reason() -> None:
+    result = _succeeded(_KEPT_BACK)
+    status = result.status
+    assert status["phase"] == "Succeeded" and "modelUri" not in status
+    assert _condition(status, "Succeeded")["status"] == "True"  # kubectl wait --for=condition=Succeeded
+    published = _condition(status, "Published")
+    assert (published["status"], published["reason"]) == ("False", "NotBetter")
+    assert "does not beat version 1" in published["message"]
+    assert "No version published" in _condition(status, "Succeeded")["message"]
+    assert [e.reason for e in result.events] == ["Succeeded"]
+    assert "No version published" in result.events[0].message
+
+
+def test_the_gate_verdict_and_message_are_kept_once_the_pods_are_gone() -> None:
+    first = _succeeded(_KEPT_BACK)
+    later = _status(transferjob(status=first.status), [job(1, outcome="Succeeded")], [], now=LATER)
+    published = _condition(later.status, "Published")
+    assert (published["status"], published["reason"]) == ("False", "NotBetter")
+    assert (
+        _condition(later.status, "Succeeded")["message"] == _condition(first.status, "Succeeded")["message"]
+    )
+    assert status_patch(first.status, later.status) == {}
+
+
+def test_published_is_only_set_on_success() -> None:
+    progress = TrainingProgress.model_validate({"state": "training", "notices": _KEPT_BACK["notices"]})
+    status = _status(transferjob(), [job(1)], [pod(running=True)], progress).status
+    assert find(status["conditions"], "Published") is None
+
+
+def test_below_minimum_is_a_warning_and_not_better_is_normal() -> None:
+    from kubegraft.runtime import Notice
+    from kubegraft_operator.planning import notice_event
+
+    assert notice_event(Notice(reason="BelowMinimum", message="m"))[0] == "Warning"
+    assert notice_event(Notice(reason="NotBetter", message="m"))[0] == "Normal"
