@@ -92,7 +92,12 @@ def check_annotation_keys(annotations: dict[str, str]) -> dict[str, str]:
 def metadata_problems(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(field path under metadata, problem) for what the API server checks in ObjectMeta's naming fields."""
     namespace = metadata.get("namespace")
-    if isinstance(namespace, str) and (len(namespace) > 63 or not _full(DNS_LABEL_PATTERN, namespace)):
+    # An empty namespace is no namespace: the API server takes the request's.
+    if (
+        isinstance(namespace, str)
+        and namespace
+        and (len(namespace) > 63 or not _full(DNS_LABEL_PATTERN, namespace))
+    ):
         yield "namespace", f"invalid namespace {namespace[:80]!r}: a DNS label of at most 63 characters"
     generate = metadata.get("generateName")
     if isinstance(generate, str) and len(generate) > DNS_SUBDOMAIN_MAX:
