@@ -35,17 +35,18 @@ def _full(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value) is not None
 
 
-def qualified_name_problem(key: str) -> str | None:
-    """Why `key` is not a qualified name (label or annotation key), or None when it is one."""
+def qualified_name_problem(key: str, what: str = "label") -> str | None:
+    """Why `key` is not a qualified name (`what`: label or annotation key), or None when it is one."""
     prefix, _, name = key.rpartition("/")
+    shown = f"{what} key {key[:80]!r} is not a valid Kubernetes key"
     if "/" in prefix:
-        return f"invalid key {key[:80]!r}: at most one '/' (prefix/name)"
+        return f"{shown}: at most one '/' (prefix/name)"
     if prefix and len(prefix) > DNS_SUBDOMAIN_MAX:
-        return f"invalid key {key[:80]!r}: the prefix must be at most {DNS_SUBDOMAIN_MAX} characters"
+        return f"{shown}: the prefix must be at most {DNS_SUBDOMAIN_MAX} characters"
     if len(name) > LABEL_VALUE_MAX or not _full(QUALIFIED_NAME_PATTERN, key):
         return (
-            f"invalid key {key[:80]!r}: a qualified name ([DNS subdomain/]name, the name at most 63 "
-            "alphanumeric characters, '-', '_' or '.', alphanumeric at both ends)"
+            f"{shown}: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' "
+            "or '.', starting and ending with a letter or digit"
         )
     return None
 
@@ -62,10 +63,10 @@ def label_value_problem(value: str) -> str | None:
     return None
 
 
-def label_map_problems(labels: Mapping[Any, Any], values: bool = True) -> Iterator[str]:
-    """One sentence for each invalid key (and value, when `values`) of a label map or node selector."""
+def label_map_problems(labels: Mapping[Any, Any], values: bool = True, what: str = "label") -> Iterator[str]:
+    """One sentence for each invalid key (and value, when `values`) of a label or annotation map."""
     for key, value in labels.items():
-        key_problem = qualified_name_problem(key) if isinstance(key, str) else "keys must be strings"
+        key_problem = qualified_name_problem(key, what) if isinstance(key, str) else "keys must be strings"
         if key_problem:
             yield key_problem
         elif values and isinstance(value, str) and (value_problem := label_value_problem(value)):
@@ -80,10 +81,23 @@ def check_label_keys(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+def check_annotation_keys(annotations: dict[str, str]) -> dict[str, str]:
+    """Pydantic validator: every key of `annotations` is a qualified name."""
+    problems = list(label_map_problems(annotations, values=False, what="annotation"))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return annotations
+
+
 def metadata_problems(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(field path under metadata, problem) for what the API server checks in ObjectMeta's naming fields."""
     namespace = metadata.get("namespace")
-    if isinstance(namespace, str) and (len(namespace) > 63 or not _full(DNS_LABEL_PATTERN, namespace)):
+    # An empty namespace is no namespace: the API server takes the request's.
+    if (
+        isinstance(namespace, str)
+        and namespace
+        and (len(namespace) > 63 or not _full(DNS_LABEL_PATTERN, namespace))
+    ):
         yield "namespace", f"invalid namespace {namespace[:80]!r}: a DNS label of at most 63 characters"
     generate = metadata.get("generateName")
     if isinstance(generate, str) and len(generate) > DNS_SUBDOMAIN_MAX:
@@ -96,7 +110,7 @@ def metadata_problems(metadata: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield "labels", problem
     annotations = metadata.get("annotations")
     if isinstance(annotations, Mapping):
-        for problem in label_map_problems(annotations, values=False):
+        for problem in label_map_problems(annotations, values=False, what="annotation"):
             yield "annotations", problem
         size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in annotations.items())
         if size > ANNOTATIONS_MAX_BYTES:

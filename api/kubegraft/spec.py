@@ -18,9 +18,15 @@ from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from kubegraft.base import ApiModel, unique
-from kubegraft.kube import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_MAX, DNS_SUBDOMAIN_PATTERN
+from kubegraft.kube import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_MAX,
+    DNS_SUBDOMAIN_PATTERN,
+    check_annotation_keys,
+    check_label_keys,
+)
 from kubegraft.rules import CelRule, StringRule, string_rules
-from kubegraft.scheduling import SchedulingSpec
+from kubegraft.scheduling import LabelValue, SchedulingSpec
 
 GROUP = "kubegraft.io"
 VERSION = "v1alpha1"
@@ -524,36 +530,6 @@ OPERATOR_KEY_PREFIX = "kubegraft.io/"
 MAX_POD_LABELS = 32
 MAX_POD_ANNOTATIONS = 32
 MAX_ANNOTATION_VALUE = 4096
-_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
-_QUALIFIED_NAME = re.compile(rf"^(?:(?P<prefix>[^/]+)/)?(?P<name>{_LABEL_NAME})$")
-
-
-def _qualified_key(key: str, what: str) -> None:
-    """Check `key` as Kubernetes checks label and annotation keys: `[prefix/]name`, prefix a DNS subdomain."""
-    match = _QUALIFIED_NAME.match(key)
-    prefix = match.group("prefix") if match else None
-    if (
-        match is None
-        or len(match.group("name")) > 63
-        or (prefix is not None and (len(prefix) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, prefix)))
-    ):
-        raise ValueError(
-            f"{what} key {key!r} is not a valid Kubernetes key: an optional DNS-subdomain prefix and '/', "
-            "then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        )
-
-
-def _pod_labels(labels: dict[str, str]) -> dict[str, str]:
-    for key in labels:
-        _qualified_key(key, "label")
-    return labels
-
-
-def _pod_annotations(annotations: dict[str, str]) -> dict[str, str]:
-    for key in annotations:
-        _qualified_key(key, "annotation")
-    return annotations
 
 
 def _reserved_label(key: str) -> bool:
@@ -621,8 +597,8 @@ class PodOptions(ApiModel):
         description="Names of docker-registry Secrets in the TransferJob's namespace to pull the image with.",
     )
     labels: Annotated[
-        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]],
-        AfterValidator(_pod_labels),
+        dict[str, LabelValue],
+        AfterValidator(check_label_keys),
     ] = Field(
         default_factory=dict,
         max_length=MAX_POD_LABELS,
@@ -633,7 +609,7 @@ class PodOptions(ApiModel):
     )
     annotations: Annotated[
         dict[str, Annotated[str, Field(max_length=MAX_ANNOTATION_VALUE)]],
-        AfterValidator(_pod_annotations),
+        AfterValidator(check_annotation_keys),
     ] = Field(
         default_factory=dict,
         max_length=MAX_POD_ANNOTATIONS,

@@ -85,6 +85,10 @@ def _dataset(**fields: Any) -> Callable[[dict[str, Any]], object]:
 VALID_VARIANTS: dict[str, dict[str, Any]] = {
     "minimal": copy.deepcopy(MINIMAL),
     "generate-name": _variant(lambda m: m.update(metadata={"generateName": "flowers-"})),
+    "empty-namespace": _variant(lambda m: m["metadata"].update(namespace="")),
+    "label-key-with-253-char-prefix": _variant(
+        lambda m: m["metadata"].update(labels={f"{'d' * 253}/team": "a"})
+    ),
     "name-52-chars": _variant(lambda m: m["metadata"].update(name="a" * 52)),
     "namespace-labels-annotations": _variant(
         lambda m: m["metadata"].update(namespace="ml", labels={"team": "vision"}, annotations={"a": "b"})

@@ -115,6 +115,27 @@ def test_kubegraft_validate_refuses_the_whole_corpus_in_a_subprocess(tmp_path: P
     assert missed == {}
 
 
+# The attacks of the original report, each in its own process: a hang or a crash is caught per file.
+_CLASSIC_ATTACKS = (
+    "billion-laughs",
+    "recursive-anchor",
+    "deep-flow-nesting",
+    "invalid-utf8",
+    "syntax-unclosed-flow",
+    "duplicate-key-spec",
+)
+
+
+@pytest.mark.parametrize("name", _CLASSIC_ATTACKS)
+def test_each_classic_attack_ends_in_its_own_process_with_one_line_and_exit_1(name: str) -> None:
+    path = REPO / "tests" / "unit" / "api" / "hostile" / f"{name}.yaml"
+    result = _run_cli(str(path), timeout=30)  # start-up included; a bomb used to run past 20 s
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{path}:")
+    assert "Traceback" not in result.stdout
+
+
 def test_kubegraft_validate_still_accepts_every_example_in_a_subprocess() -> None:
     result = _run_cli(*map(str, EXAMPLES), timeout=10 + SECONDS_PER_FILE * len(EXAMPLES))
     assert result.returncode == 0, result.stderr
