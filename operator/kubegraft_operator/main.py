@@ -8,6 +8,7 @@ Every handler delegates to `reconcile.Reconciler.reconcile` with the observation
   while a timer runs, to stop it on deletion);
 - a timer while it is Pending (every KUBEGRAFT_PENDING_INTERVAL seconds, default 30): reconcile reading why
   it waits (Kueue Workload, FailedCreate);
+- every TransferJob event: metrics only (DELETED forgets its series; the others export the phase in status).
 Handlers return nothing (kopf would store results in status). Indices are filled before any handler runs, so
 after a restart the operator sees every existing Job before it decides anything.
 """

@@ -665,3 +665,15 @@ def test_helm_test_pod_asks_the_metrics_service_and_fails_when_the_operator_is_n
 
 def test_no_helm_test_pod_without_the_metrics_service(helm_template: Renderer) -> None:
     assert by_kind(helm_template("4", "--set", "metrics.service.enabled=false"), "Pod") == []
+
+
+def test_log_format_in_extra_args_is_accepted_and_wins_like_any_repeated_option(
+    helm_template: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = _operator_container(
+        helm_template("4", "--set", "operator.extraArgs={--log-format=json,--debug}")
+    )
+    kopf_argv, env = operator_command(container["args"], monkeypatch)  # exited 2 before: kopf had no "text"
+    assert [a for a in kopf_argv if a.startswith("--log-format")] == ["--log-format=json"]
+    assert "--debug" in kopf_argv
+    assert env["KUBEGRAFT_LOG_FORMAT"] == "json"
