@@ -466,28 +466,26 @@ def image_rejection(
 
 
 def invalid_spec_status(
-    transferjob: Mapping[str, Any], message: str, now: str
+    transferjob: Mapping[str, Any], plan: RunPlan, message: str, now: str
 ) -> tuple[dict[str, Any], Summary]:
-    """The status of a TransferJob whose spec cannot be run: Failed/Stalled, reason InvalidSpec, no Job.
+    """The status of a spec that cannot be run: run `plan.run` Failed/Stalled, reason InvalidSpec, no Job.
 
-    The previous run's fields are kept (its Job, if still there, is left alone); a corrected spec starts
-    the next run.
+    Like any spec change it is a run of its own (`plan_run` numbers it; the caller records it and stops
+    the previous run's Job), so a corrected spec, or a return to an earlier one, starts the next run.
     """
     previous = dict(transferjob.get("status") or {})
     generation = _int(transferjob["metadata"].get("generation"), 1)
     summary = Summary(
         "Failed", FailureReason.INVALID_SPEC, _short(f"The spec cannot be run: {message}."), stalled=True
     )
-    status = dict(previous)
-    status.update(
-        {
-            "phase": summary.phase,
-            "observedGeneration": generation,
-            "conditions": merge(
-                previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
-            ),
-        }
-    )
+    status = {
+        "phase": summary.phase,
+        "run": plan.run,
+        "observedGeneration": generation,
+        "conditions": merge(
+            previous.get("conditions") or [], desired_conditions(summary), generation=generation, now=now
+        ),
+    }
     return status, summary
 
 

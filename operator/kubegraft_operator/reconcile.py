@@ -198,7 +198,9 @@ class Reconciler:
         try:
             spec = rendering.parse_spec(tj["spec"])
         except InvalidSpecError as exc:
-            await self._report_invalid(tj, str(exc), patch=patch, defer_status=defer_status)
+            plan = planning.plan_run(tj, jobs, None)
+            await self._stop_replaced(tj, plan)
+            await self._report_invalid(tj, plan, str(exc), patch=patch, defer_status=defer_status)
             return
         plan = planning.plan_run(tj, jobs, rendering.desired_suspend(spec))
         rejection = planning.image_rejection(spec, plan, self.config.image_allowed, ENV_ALLOWED_IMAGES)
@@ -251,14 +253,8 @@ class Reconciler:
             return planning.Explanation(failed_create=failed_create_message(events or [], job.uid))
         return planning.Explanation()
 
-    async def _act(
-        self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec, *, create: bool = True
-    ) -> planning.RunPlan:
-        """Stop older runs, create this run's children (unless `create` is False), (un)suspend.
-
-        Returns the plan as it now stands. Older runs are stopped even when the new run is refused: the spec
-        they ran is no longer wanted.
-        """
+    async def _stop_replaced(self, tj: dict[str, Any], plan: planning.RunPlan) -> None:
+        """Delete the still-running Jobs of earlier runs (with their ConfigMap and Service): a new spec."""
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
         written = self._written.setdefault(tj["metadata"]["uid"], _Written())
         for old in plan.stop:
@@ -272,6 +268,18 @@ class Reconciler:
                 f"Stopped Job {old.name} of run {old.run}: the spec changed; run {plan.run} replaces it."
             )
             self._event(tj, written, "Normal", planning.Reason.RUN_STOPPED, message, key=f"stop/{old.name}")
+
+    async def _act(
+        self, tj: dict[str, Any], plan: planning.RunPlan, spec: TransferJobSpec, *, create: bool = True
+    ) -> planning.RunPlan:
+        """Stop older runs, create this run's children (unless `create` is False), (un)suspend.
+
+        Returns the plan as it now stands. Older runs are stopped even when the new run is refused: the spec
+        they ran is no longer wanted.
+        """
+        await self._stop_replaced(tj, plan)
+        namespace = tj["metadata"]["namespace"]
+        written = self._written.setdefault(tj["metadata"]["uid"], _Written())
         if plan.create and create:
             await self.kube.create(configmap_path(namespace), rendering.render_configmap(tj, plan.run))
             if spec.workers > 1:  # before the Job: its pods look each other up through the Service
@@ -331,37 +339,58 @@ class Reconciler:
         emitted = await self._post_notices(tj, plan.run, result.notices)
         if emitted is not None:
             annotations[planning.ANNOTATION_NOTICES] = emitted
-        if annotations and patch is not None:
-            # Rides along with kopf's own bookkeeping patch of this TransferJob, applied after the handler.
-            patch.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
-        elif annotations:
-            path = transferjob_path(namespace, name)
-            await self.kube.patch(
-                path, {"metadata": {"annotations": annotations}}, f"TransferJob {name} annotations"
-            )
-        written.annotations.update({k: v or "" for k, v in annotations.items()})
+        await self._write_annotations(tj, written, annotations, patch)
         for event in result.events:
             self._event(tj, written, event.type, event.reason, event.message, key=event.key)
         metrics.record_phase(namespace, name, result.summary.phase)
         return result.summary.phase
 
     async def _report_invalid(
-        self, tj: dict[str, Any], message: str, *, patch: kopf.Patch | None, defer_status: bool
+        self,
+        tj: dict[str, Any],
+        plan: planning.RunPlan,
+        message: str,
+        *,
+        patch: kopf.Patch | None,
+        defer_status: bool,
     ) -> None:
-        """A spec the operator cannot run: Failed with reason InvalidSpec naming the fields, one Event."""
+        """A spec the operator cannot run: run `plan.run` Failed, reason InvalidSpec naming the fields.
+
+        The run is recorded in the annotations like any other, so a later spec (corrected, or an earlier
+        one again) is the next run; one Warning Event per run.
+        """
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
         uid = tj["metadata"]["uid"]
         written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
-        status, summary = planning.invalid_spec_status(tj, message, now_rfc3339())
+        status, summary = planning.invalid_spec_status(tj, plan, message, now_rfc3339())
         changes = planning.status_patch(previous, status)
         if changes:
             await self._write_status(tj, written, status, changes, patch=patch, defer_status=defer_status)
-            if previous.get("phase") != summary.phase:
+            if (previous.get("phase"), previous.get("run")) != (summary.phase, plan.run):
                 metrics.record_outcome(summary.phase, summary.reason)
-        generation = tj["metadata"].get("generation")
-        self._event(tj, written, "Warning", summary.reason, summary.message, key=f"invalid/{generation}")
+        await self._write_annotations(tj, written, dict(planning.annotations_patch(tj, plan)), patch)
+        self._event(tj, written, "Warning", summary.reason, summary.message, key=f"invalid/{plan.run}")
         metrics.record_phase(namespace, name, summary.phase)
+
+    async def _write_annotations(
+        self,
+        tj: dict[str, Any],
+        written: _Written,
+        annotations: dict[str, str | None],
+        patch: kopf.Patch | None,
+    ) -> None:
+        """Record run bookkeeping annotations: on kopf's own patch from a handler, else with a request."""
+        if annotations and patch is not None:
+            # Rides along with kopf's own bookkeeping patch of this TransferJob, applied after the handler.
+            patch.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+        elif annotations:
+            namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+            path = transferjob_path(namespace, name)
+            await self.kube.patch(
+                path, {"metadata": {"annotations": annotations}}, f"TransferJob {name} annotations"
+            )
+        written.annotations.update({k: v or "" for k, v in annotations.items()})
 
     async def _write_status(
         self,

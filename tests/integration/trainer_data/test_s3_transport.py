@@ -9,8 +9,11 @@ sends one).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
+import select
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -54,6 +57,7 @@ class Seen:
     target: str
     headers: dict[str, str]
     body: bytes = b""
+    peer_port: int = 0  # the client's source port (a proxy's tunnel, or the client itself)
 
 
 @dataclass
@@ -62,12 +66,14 @@ class Server:
 
     url: str
     seen: list[Seen] = field(default_factory=list)
+    tunnel_ports: list[int] = field(default_factory=list)  # a proxy's source ports of CONNECT tunnels
 
     def object_gets(self) -> list[Seen]:
         """GETs of objects (not listings), in arrival order."""
         return [s for s in self.seen if s.method == "GET" and "list-type" not in s.target]
 
 
+@contextlib.contextmanager
 def _serve(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
@@ -95,7 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self) -> Seen:
         length = int(self.headers.get("Content-Length") or 0)
-        seen = Seen(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
+        body = self.rfile.read(length)
+        seen = Seen(self.command, self.path, dict(self.headers.items()), body, self.client_address[1])
         self.server.record.seen.append(seen)  # type: ignore[attr-defined]
         return seen
 
@@ -195,8 +202,34 @@ def _front(backend: str) -> type[_Handler]:
     return Front
 
 
+def _pipe(client: socket.socket, upstream: socket.socket) -> None:
+    """Relay bytes both ways until either side closes (a CONNECT tunnel)."""
+    try:
+        while True:
+            readable, _, _ = select.select([client, upstream], [], [], 30)
+            if not readable:
+                return
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                (upstream if sock is client else client).sendall(data)
+    finally:
+        upstream.close()
+
+
 class _ForwardingProxy(_Forwarding):
-    """An HTTP proxy for http:// URLs (absolute-form request targets), as corporate proxies are."""
+    """An HTTP proxy, as corporate proxies are: absolute-form requests for http://, CONNECT tunnels for https://."""
+
+    def do_CONNECT(self) -> None:
+        seen = self._record()
+        host, _, port = seen.target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)), timeout=30)
+        self.server.record.tunnel_ports.append(upstream.getsockname()[1])  # type: ignore[attr-defined]
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        _pipe(self.connection, upstream)
 
     def _forward(self) -> None:
         seen = self._record()
@@ -238,7 +271,8 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
 
 @pytest.fixture
 def recording_s3() -> Iterator[Server]:
-    yield from _serve(_RecordingS3)
+    with _serve(_RecordingS3) as server:
+        yield server
 
 
 def _fast(server: Server) -> list[Seen]:
@@ -285,7 +319,7 @@ def test_web_identity_credentials_from_sts_sign_both_fast_paths(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.sig")
-    for sts in _serve(_FakeSts):
+    with _serve(_FakeSts) as sts:
         # What the EKS pod identity webhook injects, plus a local STS endpoint.
         clean_aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/trainer")
         clean_aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
@@ -314,7 +348,8 @@ def tls_front(s3_server: SeaweedFS, tls_ca: trustme.CA) -> Iterator[Server]:
     """HTTPS on localhost with a certificate of a private CA, in front of the real SeaweedFS."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls_ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-    yield from _serve(_front(s3_server.endpoint), tls=context)
+    with _serve(_front(s3_server.endpoint), tls=context) as server:
+        yield server
 
 
 def _objects(s3_server: SeaweedFS, bucket: str) -> None:
@@ -373,7 +408,7 @@ def test_an_http_proxy_from_the_environment_carries_every_path_unless_no_proxy_n
 ) -> None:
     _objects(s3_server, s3_bucket)
     _use_seaweed_keys(clean_aws_env, s3_server)
-    for proxy in _serve(_ForwardingProxy):
+    with _serve(_ForwardingProxy) as proxy:
         clean_aws_env.setenv("HTTP_PROXY", proxy.url)
         storage = S3Storage(f"s3://{s3_bucket}/data", StorageSpec(endpoint=s3_server.endpoint))
         assert storage.read_bytes("a.png") == b"pixels of a.png"
@@ -390,3 +425,31 @@ def test_an_http_proxy_from_the_environment_carries_every_path_unless_no_proxy_n
         assert direct.read_many(["a.png"]) == [b"pixels of a.png"]
         assert direct.read_bytes("b.png") == b"pixels of b.png"
         assert proxy.seen == []
+
+
+def test_an_https_proxy_tunnels_every_path_to_an_https_endpoint(  # noqa: PLR0917 - fixtures
+    clean_aws_env: pytest.MonkeyPatch,
+    s3_server: SeaweedFS,
+    s3_bucket: str,
+    tls_front: Server,
+    tls_ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    _objects(s3_server, s3_bucket)
+    _use_seaweed_keys(clean_aws_env, s3_server)
+    bundle = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(bundle))
+    clean_aws_env.setenv("AWS_CA_BUNDLE", str(bundle))
+    with _serve(_ForwardingProxy) as proxy:
+        clean_aws_env.setenv("HTTPS_PROXY", proxy.url)
+        storage = S3Storage(f"s3://{s3_bucket}/data", StorageSpec(endpoint=tls_front.url))
+        assert storage.read_bytes("a.png") == b"pixels of a.png"
+        assert storage.read_many(["b.png", "c.png"]) == [b"pixels of b.png", b"pixels of c.png"]
+        assert sorted(o.key for o in storage.list()) == ["a.png", "b.png", "c.png"]
+        tunnels = [s for s in proxy.seen if s.method == "CONNECT"]
+        assert tunnels
+        assert {s.target for s in tunnels} == {urlsplit(tls_front.url).netloc}
+        fast = _fast(tls_front)
+        assert len(fast) == 3
+        # Every request reached the endpoint through one of the proxy's tunnels, none directly.
+        assert {s.peer_port for s in tls_front.seen} <= set(proxy.tunnel_ports)

@@ -361,11 +361,44 @@ def test_a_spec_admission_let_through_but_the_model_refuses_fails_with_invalid_s
     assert kube.events == [("Warning", "InvalidSpec")]
 
 
-def test_a_corrected_spec_after_invalid_spec_starts_the_run() -> None:
+def _written_annotations(kube: RecordingKube) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for call in kube.calls:
+        if call[0] == "patch" and "/transferjobs/" in call[1] and not call[1].endswith("/status"):
+            found.update({k: v for k, v in call[2]["metadata"]["annotations"].items() if v})
+    return found
+
+
+def test_a_corrected_spec_after_invalid_spec_starts_the_next_run() -> None:
     kube = RecordingKube()
     reconciler = _reconciler(kube)
     _run(reconciler, transferjob(with_spec(pod={"labels": {"-bad": "v"}})), [], [])
     status = next(c[2] for c in kube.calls if c[1].endswith("/status"))["status"]
+    assert status["run"] == 1
+    recorded = _written_annotations(kube)
+    assert recorded["kubegraft.io/run"] == "1"
     kube.calls.clear()
-    _run(reconciler, transferjob(with_spec(pod={"labels": {"ok": "v"}}), generation=2, status=status), [], [])
-    assert [c[1] for c in kube.calls if c[0] == "create"] == ["flowers-1-spec", "flowers-1"]
+    fixed = transferjob(
+        with_spec(pod={"labels": {"ok": "v"}}), generation=2, status=status, annotations=recorded
+    )
+    _run(reconciler, fixed, [], [])
+    assert [c[1] for c in kube.calls if c[0] == "create"] == ["flowers-2-spec", "flowers-2"]
+
+
+def test_an_invalid_spec_stops_the_running_job_of_the_previous_run_and_a_revert_is_a_new_run() -> None:
+    kube = RecordingKube()
+    reconciler = _reconciler(kube)
+    recorded = {"kubegraft.io/run": "1", "kubegraft.io/run-spec-hash": job(1).spec_hash}
+    invalid = transferjob(with_spec(pod={"labels": {"-bad": "v"}}), generation=2, annotations=recorded)
+    _run(reconciler, invalid, [job(1)], [])
+    assert [(c[0], c[1]) for c in kube.calls if c[0] in ("create", "delete")] == [
+        ("delete", "flowers-1"),
+        ("delete", "flowers-1-spec"),
+    ]
+    status = next(c[2] for c in kube.calls if c[1].endswith("/status"))["status"]
+    assert (status["run"], status["phase"]) == (2, "Failed")
+    annotations = {**recorded, **_written_annotations(kube)}
+    kube.calls.clear()
+    # Back to run 1's spec, whose Job is gone: a new run, not run 1's old outcome.
+    _run(reconciler, transferjob(generation=3, status=status, annotations=annotations), [], [])
+    assert [c[1] for c in kube.calls if c[0] == "create"] == ["flowers-3-spec", "flowers-3"]
