@@ -327,6 +327,11 @@ def _end_to_end_timing() -> dict[str, Any]:
         "images": NUM_CLASSES * TIMING_PER_CLASS,
         "chosen": metrics["search"]["chosen"],
         "recipe": metrics["search"]["recipe"],
+        "published": metrics["search"].get("published"),
+        "contenders": {
+            c["name"]: c["validation_accuracy"] for c in metrics.get("selection", {}).get("contenders", [])
+        },
+        "transfer_test": metrics.get("selection", {}).get("transfer_test_accuracy"),
         "test": metrics["testAccuracy"],
         "baseline": metrics.get("baseline_accuracy"),
         "search_s": metrics["search"]["seconds"],
@@ -461,9 +466,11 @@ def run() -> str:
             f"End to end, the default spec on {timing['images']} images at 32 px (`train`, its own 70/15/15 "
             f"split, {timing['candidates']} candidates run): {timing['seconds']:.0f} s "
             f"({timing['seconds'] / 60:.1f} min, target under 10 min: "
-            f"{'met' if timing['seconds'] < 600 else 'not met'}); search {timing['search_s']:.0f} s; chose "
-            f"{timing['chosen']} ({timing['recipe']}); test accuracy {timing['test']:.3f} against the "
-            f"baseline's {timing['baseline']:.3f}."
+            f"{'met' if timing['seconds'] < 600 else 'not met'}); search {timing['search_s']:.0f} s; best "
+            f"transfer recipe {timing['chosen']} ({timing['recipe']}); published {timing['published']} "
+            f"(validation: {timing['contenders']}); test accuracy {timing['test']:.3f} against the "
+            f"baseline's {timing['baseline']:.3f} (the best transfer recipe alone: "
+            f"{timing['transfer_test']})."
         )
     return "\n".join(
         [
