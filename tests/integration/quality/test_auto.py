@@ -225,7 +225,9 @@ def test_killed_search_resumes_without_training_finished_candidates_again(
     # The first stage called "full" is the third candidate's (full-1e-3): killed after its second epoch.
     with pytest.raises(SearchKilledError):
         train(spec, run_id="killed", tracker=first, extra_callbacks=[_StageEpochs(first, ("full", 2))])
-    saved = json.loads((tmp_path / "models" / "checkpoints" / "killed" / "search.json").read_text())
+    saved = json.loads(
+        (tmp_path / ".kubegraft" / "models" / "checkpoints" / "killed" / "search.json").read_text()
+    )
     before = {c["result"]["name"]: c["result"] for c in saved["candidates"]}
     assert list(before) == ["linear", "head"]
 
@@ -241,4 +243,6 @@ def test_killed_search_resumes_without_training_finished_candidates_again(
         assert after[name] == before[name]
     assert after["full-1e-3"]["epochs"] >= 3
     assert metrics["search"]["seconds"] >= saved["seconds"]
-    assert not (tmp_path / "models" / "checkpoints" / "killed").exists()  # deleted after the publish
+    assert not (
+        tmp_path / ".kubegraft" / "models" / "checkpoints" / "killed"
+    ).exists()  # deleted after the publish

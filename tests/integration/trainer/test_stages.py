@@ -42,8 +42,8 @@ def _weights(model: keras.Model) -> dict[str, np.ndarray[Any, Any]]:
 def test_head_stage_freezes_backbone_and_finetune_trains_only_unfrozen_top_layers(
     tiny_backbone: Path, make_spec: SpecFactory, tmp_path: Path
 ) -> None:
-    head_spec = make_spec(tmp_path, tiny_backbone, [stage("head", 0, 2, learningRate=0.01)])
-    tune_spec = make_spec(tmp_path, tiny_backbone, [stage("tune", 4, 2, learningRate=0.01)])
+    head_spec = make_spec(tmp_path / "unused-data", tiny_backbone, [stage("head", 0, 2, learningRate=0.01)])
+    tune_spec = make_spec(tmp_path / "unused-data", tiny_backbone, [stage("tune", 4, 2, learningRate=0.01)])
     loaded = load_backbone(head_spec.model, 32, head_spec.storage)
     parts = build_transfer_model(loaded, head_spec.model.head, 3, head_spec.augmentation)
     source = ArraySource({"train": _arrays((0, 1, 7), 40, 0), "validation": _arrays((0, 1, 7), 10, 40)})
@@ -196,7 +196,9 @@ def test_after_stage_hook_sees_each_record_before_the_next_stage_and_guard_can_b
     tiny_backbone: Path, make_spec: SpecFactory, tmp_path: Path
 ) -> None:
     destructive = stage("wreck", "all", 1, optimizer="sgd", learningRate=10.0, momentum=0.9)
-    spec = make_spec(tmp_path, tiny_backbone, [stage("head", 0, 3, learningRate=0.01), destructive])
+    spec = make_spec(
+        tmp_path / "unused-data", tiny_backbone, [stage("head", 0, 3, learningRate=0.01), destructive]
+    )
     loaded = load_backbone(spec.model, 32, spec.storage)
     parts = build_transfer_model(loaded, spec.model.head, 3, spec.augmentation)
     source = ArraySource({"train": _arrays((0, 1, 7), 40, 0), "validation": _arrays((0, 1, 7), 20, 40)})

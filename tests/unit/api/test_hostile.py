@@ -36,7 +36,8 @@ from tests.unit.api.corpus import (
 INVALID = invalid_cases()
 HOSTILE = hostile_cases()
 EXAMPLES = example_files()
-SECONDS_PER_FILE = 2.0
+# A hang guard, not a speed target (those live in bench/): the issue saw hangs past 20 s.
+SECONDS_PER_FILE = 20.0
 LONGEST_LINE = 700  # characters: a path and a message, values shortened
 runner = CliRunner()
 
@@ -65,7 +66,7 @@ def compiled_rules() -> None:
 
 @pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
 @pytest.mark.usefixtures("compiled_rules")
-def test_hostile_file_gets_one_clean_report_within_two_seconds(case: HostileCase) -> None:
+def test_hostile_file_gets_one_clean_report_and_never_hangs(case: HostileCase) -> None:
     start = time.perf_counter()
     reports = validate_documents(case.data, f"{case.name}.yaml")
     elapsed = time.perf_counter() - start
