@@ -86,6 +86,7 @@ class StatusRecorder:
         self._resource_version = ""
 
     def __enter__(self) -> Self:
+        self._list()  # synchronously: whatever the caller does next happens after this resourceVersion
         self._thread.start()
         return self
 
@@ -98,6 +99,23 @@ class StatusRecorder:
         """End the watch and its thread."""
         self._stop.set()
         self._thread.join(timeout=WATCH_SECONDS + 10)
+
+    def _list(self) -> None:
+        """Record the object as it is now and remember the list's resourceVersion to watch from.
+
+        A watch opened without a resourceVersion starts at "now" and misses what happened while no watch was
+        open (the gap between two watch requests); one opened from the list's version replays it.
+        """
+        params = {"fieldSelector": f"metadata.name={self.name}"}
+        url = (
+            f"{self.api_url}/apis/{API_VERSION}/namespaces/{self.namespace}/{PLURAL}?"
+            + urllib.parse.urlencode(params)
+        )
+        with urllib.request.urlopen(url, timeout=30) as response:
+            listed = json.loads(response.read())
+        for item in listed.get("items") or []:
+            self._record({"type": "ADDED", "object": item})
+        self._resource_version = str(listed.get("metadata", {}).get("resourceVersion", ""))
 
     def _url(self) -> str:
         params = {
@@ -129,8 +147,8 @@ class StatusRecorder:
 
     def _record(self, event: JsonObj) -> None:
         obj = event.get("object") or {}
-        if event.get("type") == "ERROR":  # e.g. 410 Expired: watch again from now
-            self._resource_version = ""
+        if event.get("type") == "ERROR":  # e.g. 410 Expired: list again, then watch from there
+            self._list()
             return
         self._resource_version = obj.get("metadata", {}).get("resourceVersion", self._resource_version)
         with self._changed:
