@@ -178,7 +178,9 @@ class Selection:
         if not others:
             return head + (f" ({self.reason})" if self.reason else "")
         against = ", ".join(f"{c.name} {c.validation_accuracy:.3f}" for c in others)
-        return f"{head}, {self.margin():+.3f} over the best other contender ({against}): {self.reason}"
+        margin = self.margin()
+        where = "over" if margin >= 0 else "behind"
+        return f"{head}, {abs(margin):.3f} {where} the best other contender ({against}): {self.reason}"
 
     def record(self) -> dict[str, Any]:
         """metrics.json's ``selection`` entry."""

@@ -9,6 +9,7 @@ import pytest
 from kubegraft_trainer.selection import (
     ENSEMBLE_WEIGHTS,
     Contender,
+    Selection,
     choose,
     ensemble_model,
     ensemble_weight,
@@ -212,3 +213,20 @@ def test_pixel_model_is_published_when_no_contender_is_ahead_on_validation() -> 
 
     assert published.name == "pixels"
     assert reason == "no contender beats pixels on validation"
+
+
+def test_summary_says_the_pixel_model_was_published_behind_a_contender_and_why() -> None:
+    transfer_right, pixels_right = _results(117, 12, 9, 12)
+    contenders = [
+        _contender("full-1e-3", "transfer", transfer_right),
+        _contender("pixels", "pixels", pixels_right),
+    ]
+    published, reason = choose(contenders)
+    selection = Selection(contenders, published, "validation", 0.0, reason=reason)
+
+    summary = selection.summary()
+
+    assert summary.startswith("published pixels (pixels) with validation accuracy 0.840, 0.020 behind")
+    assert "(full-1e-3 0.860): full-1e-3's higher validation accuracy (+0.020) is no significant" in summary
+    assert selection.record()["margin"] == pytest.approx(-0.020)
+    assert selection.record()["contenders"][0]["versus_pixels"]["wins"] == 12
