@@ -341,6 +341,8 @@ def _quality_lines(metrics: Mapping[str, Any]) -> list[str]:
             f"published:      {selection.get('published')} ({selection.get('description')}), validation "
             f"{score:.3f} against {others or 'no other contender'}"
         )
+        if selection.get("reason"):
+            lines.append(f"why:            {selection['reason']}")
     baseline, test = metrics.get("baseline_accuracy"), metrics.get("testAccuracy")
     if isinstance(baseline, float) and isinstance(test, float):
         verdict = "at or above" if test >= baseline else "below"

@@ -2,7 +2,7 @@
 
 `kubegraft_trainer.search.search_recipe` calls `select_published` once its transfer candidates are decided.
 Three contenders, all trained on the training split only, are compared on the validation split only (never
-the test split), in this order, ties going to the earlier one:
+the test split):
 
 1. ``transfer``: the search's best transfer recipe (the model ``recipe.yaml`` pins);
 2. ``pixels``: a servable pixel model (`kubegraft_trainer.pixels`: the pixel baseline's logistic regression or
@@ -10,6 +10,15 @@ the test split), in this order, ties going to the earlier one:
 3. ``ensemble``: ``w * transfer + (1 - w) * pixels`` probabilities, w from `ENSEMBLE_WEIGHTS` by the smallest
    validation log loss (a proper scoring rule: smoother than accuracy on a small split; ties: the larger w).
    An ensemble whose w is 0 or 1 would be one of its parts and does not compete.
+
+The pixel model is the reference (`choose`): it is the run's own pixel baseline, or a kernel model that
+cross-validated better than it on the same training images, so publishing it does not lose to the baseline
+the run reports except by the kernel model's own test noise. Another contender is published only when it
+beats the pixel model on the same validation images by a significant margin: an exact one-sided McNemar test
+on the images exactly one of the two gets right (`paired_test`, p below `SIGNIFICANCE`); of those that do,
+the one with the best validation accuracy (ties: the earlier). A higher raw validation accuracy is not enough:
+with 150 validation images one standard error of an accuracy is about 0.03, and a lead of three images turned
+into a test deficit of four (docs/quality.md).
 
 Every contender is one Keras model with the transfer model's input and output (raw RGB pixels in,
 probabilities out), so the exporter serves the winner through the same signature. Without validation images
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,16 +46,82 @@ __all__ = [
     "ENSEMBLE_WEIGHTS",
     "PIXEL_MAX_TRAIN",
     "PIXEL_SIDE",
+    "SIGNIFICANCE",
     "Contender",
+    "PairedTest",
     "Selection",
+    "choose",
     "ensemble_model",
     "ensemble_weight",
+    "paired_test",
     "select_published",
 ]
 
 ENSEMBLE_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))  # weight of the transfer model
 PIXEL_SIDE = 16  # as the pixel baseline (kubegraft_trainer.run.BASELINE_SIDE)
 PIXEL_MAX_TRAIN = 5000  # as the pixel baseline
+# One-sided level of the paired test a contender must pass to be published instead of the pixel model. With 20
+# images that exactly one of the two gets right, a challenger needs 15 of them (p 0.021; 14 gives 0.058).
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A challenger against the reference on the same images: the exact one-sided McNemar test."""
+
+    wins: int  # images the challenger gets right and the reference wrong
+    losses: int  # images the reference gets right and the challenger wrong
+    p_value: float  # P(at least `wins` of the wins + losses discordant images | neither is better)
+
+    @property
+    def significant(self) -> bool:
+        """Whether the challenger is better at level `SIGNIFICANCE`."""
+        return self.p_value < SIGNIFICANCE
+
+    def describe(self, reference: str) -> str:
+        """E.g. ``9 images right that pixels got wrong, 6 the other way, one-sided McNemar p 0.304``."""
+        return (
+            f"{self.wins} images right that {reference} got wrong, {self.losses} the other way, "
+            f"one-sided McNemar p {self.p_value:.3g}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready (a contender's ``versus_pixels`` in metrics.json)."""
+        return {
+            "wins": self.wins,
+            "losses": self.losses,
+            "p_value": self.p_value,
+            "significant": self.significant,
+            "level": SIGNIFICANCE,
+        }
+
+
+def paired_test(challenger: np.ndarray[Any, Any], reference: np.ndarray[Any, Any]) -> PairedTest:
+    """Whether the challenger classifies the same images better: McNemar's exact test, one-sided.
+
+    Only the discordant images count (right for one model, wrong for the other); under "neither is better"
+    each falls either way with probability 1/2, so the p-value is a binomial tail, computed exactly.
+
+    Args:
+        challenger: Per image, whether the challenger is right [N] (booleans).
+        reference: Per image, whether the reference is right [N].
+
+    Returns:
+        The `PairedTest` (p-value 1 without discordant images).
+
+    Raises:
+        ValueError: The two arrays do not have the same shape.
+    """
+    first, second = np.asarray(challenger, dtype=bool), np.asarray(reference, dtype=bool)
+    if first.shape != second.shape:
+        raise ValueError(f"paired test on {first.shape} and {second.shape} results")
+    wins, losses = int(np.sum(first & ~second)), int(np.sum(~first & second))
+    total = wins + losses
+    term, tail = 1, 0  # C(total, k) for k = total down to wins, exactly (ints)
+    for k in range(total, wins - 1, -1):
+        tail += term
+        term = term * k // (total - k + 1)
+    return PairedTest(wins, losses, min(1.0, tail / (1 << total)))
 
 
 @dataclass
@@ -57,6 +133,8 @@ class Contender:
     description: str
     validation_accuracy: float
     model: keras.Model = field(repr=False)
+    correct: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros(0, bool), repr=False)  # per image
+    versus: PairedTest | None = None  # against the pixel model on the same validation images
 
     def record(self) -> dict[str, Any]:
         """JSON-ready (metrics.json's ``selection.contenders`` entry)."""
@@ -65,6 +143,7 @@ class Contender:
             "kind": self.kind,
             "description": self.description,
             "validation_accuracy": self.validation_accuracy,
+            "versus_pixels": self.versus.record() if self.versus is not None else None,
         }
 
 
@@ -91,7 +170,7 @@ class Selection:
         return self.published.validation_accuracy - max(others) if others else 0.0
 
     def summary(self) -> str:
-        """One sentence for RecipeChosen: what won on which split, against what, by how much."""
+        """One sentence for RecipeChosen: what won on which split, against what, by how much, and why."""
         won = self.published
         head = f"published {won.name} ({won.description}) with {self.selected_on} accuracy "
         head += f"{won.validation_accuracy:.3f}"
@@ -99,7 +178,9 @@ class Selection:
         if not others:
             return head + (f" ({self.reason})" if self.reason else "")
         against = ", ".join(f"{c.name} {c.validation_accuracy:.3f}" for c in others)
-        return f"{head}, {self.margin():+.3f} over the best other contender ({against})"
+        margin = self.margin()
+        where = "over" if margin >= 0 else "behind"
+        return f"{head}, {abs(margin):.3f} {where} the best other contender ({against}): {self.reason}"
 
     def record(self) -> dict[str, Any]:
         """metrics.json's ``selection`` entry."""
@@ -119,9 +200,60 @@ class Selection:
         }
 
 
+def choose(contenders: Sequence[Contender], reference: str = "pixels") -> tuple[Contender, str]:
+    """The contender to publish and why: the reference unless another beats it significantly on validation.
+
+    Sets each other contender's ``versus`` (its `paired_test` against the reference). Of those whose test is
+    significant, the one with the best validation accuracy wins (ties: the earlier); when none is, the
+    reference does, whatever the raw accuracies. Without a reference: the best accuracy (ties: the earlier).
+
+    Args:
+        contenders: The contenders, each with ``correct`` set on the same validation images.
+        reference: Name of the reference contender.
+
+    Returns:
+        ``(published, reason)``, the reason one sentence for the status and metrics.json.
+
+    Raises:
+        ValueError: No contenders.
+    """
+    if not contenders:
+        raise ValueError("nothing to choose from")
+    base = next((c for c in contenders if c.name == reference), None)
+    if base is None:
+        best = max(contenders, key=lambda c: c.validation_accuracy)  # max keeps the first on ties
+        return best, f"no {reference} contender: the best validation accuracy"
+    others = [c for c in contenders if c is not base]
+    for contender in others:
+        contender.versus = paired_test(contender.correct, base.correct)
+    better = [c for c in others if c.versus is not None and c.versus.significant]
+    if better:
+        won = max(better, key=lambda c: c.validation_accuracy)
+        assert won.versus is not None
+        return won, (
+            f"it beats {reference} significantly on the same validation images "
+            f"({won.versus.describe(reference)} < {SIGNIFICANCE:g})"
+        )
+    ahead = [c for c in others if c.validation_accuracy > base.validation_accuracy]
+    if not ahead:
+        return base, f"no contender beats {reference} on validation"
+    top = max(ahead, key=lambda c: c.validation_accuracy)
+    assert top.versus is not None
+    lead = top.validation_accuracy - base.validation_accuracy
+    return base, (
+        f"{top.name}'s higher validation accuracy ({lead:+.3f}) is no significant gain "
+        f"({top.versus.describe(reference)}, not < {SIGNIFICANCE:g}), so {reference}, the run's pixel "
+        "baseline or a pixel model that cross-validated better than it, is published"
+    )
+
+
 def _log_loss(probabilities: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float:
     picked = probabilities[np.arange(len(labels)), labels]
     return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def _correct(probabilities: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return np.asarray(np.argmax(probabilities, axis=1) == labels, dtype=bool)
 
 
 def _accuracy(probabilities: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float:
@@ -189,7 +321,12 @@ def select_published(
     transfer_p, labels = predict_split(transfer_model, source, split)
     labels = np.asarray(labels, dtype=int)
     transfer = Contender(
-        transfer_name, "transfer", transfer_description, _accuracy(transfer_p, labels), transfer_model
+        transfer_name,
+        "transfer",
+        transfer_description,
+        _accuracy(transfer_p, labels),
+        transfer_model,
+        _correct(transfer_p, labels),
     )
     if split != "validation":
         reason = "no validation images: only the transfer model competes"
@@ -204,7 +341,14 @@ def select_published(
     val_x, _ = split_pixels(source, split, source.count(split), side)
     pixel_p = np.zeros((len(val_x), num_classes))
     pixel_p[:, np.asarray(candidate.pipeline.classes_, dtype=int)] = candidate.predict_proba(val_x)
-    pixels = Contender("pixels", "pixels", candidate.describe(), _accuracy(pixel_p, labels), pixel_model)
+    pixels = Contender(
+        "pixels",
+        "pixels",
+        candidate.describe(),
+        _accuracy(pixel_p, labels),
+        pixel_model,
+        _correct(pixel_p, labels),
+    )
     contenders = [transfer, pixels]
     weight, loss = ensemble_weight(transfer_p, pixel_p, labels)
     ensemble: dict[str, Any] = {"transfer_weight": weight, "validation_log_loss": loss}
@@ -212,18 +356,30 @@ def select_published(
         mixed = weight * transfer_p + (1.0 - weight) * pixel_p
         description = f"{weight:.2f} x {transfer_name} + {1.0 - weight:.2f} x pixels"
         model = ensemble_model(transfer_model, pixel_model, weight)
-        contenders.append(Contender("ensemble", "ensemble", description, _accuracy(mixed, labels), model))
+        contenders.append(
+            Contender(
+                "ensemble",
+                "ensemble",
+                description,
+                _accuracy(mixed, labels),
+                model,
+                _correct(mixed, labels),
+            )
+        )
     else:
         ensemble["competed"] = False
         ensemble["reason"] = (
             f"weight {weight:g}: the ensemble would be {transfer_name if weight else 'pixels'}"
         )
-    published = contenders[0]
-    for contender in contenders[1:]:
-        if contender.validation_accuracy > published.validation_accuracy:
-            published = contender
+    published, reason = choose(contenders)
     selection = Selection(
-        contenders, published, split, time.monotonic() - started, pixels=candidate, ensemble=ensemble
+        contenders,
+        published,
+        split,
+        time.monotonic() - started,
+        pixels=candidate,
+        ensemble=ensemble,
+        reason=reason,
     )
     log.info("selection: %s", selection.summary())
     return selection

@@ -80,17 +80,26 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     chosen = next(c for c in ran if c["validation_accuracy"] == best)
     assert search["chosen"] == chosen["name"]
     assert search["selected_on"] == "validation"
-    # What is published: the best of the transfer winner, the pixel model and their ensemble on validation.
+    # What is published: the pixel model, unless the transfer winner or the ensemble beats it significantly
+    # on the same validation images (a paired test each); of those that do, the most accurate.
     selection = metrics["selection"]
     contenders = selection["contenders"]
     assert [c["kind"] for c in contenders][:2] == ["transfer", "pixels"]
     assert contenders[0]["name"] == chosen["name"]
     assert contenders[0]["validation_accuracy"] == pytest.approx(chosen["validation_accuracy"])
-    top = max(c["validation_accuracy"] for c in contenders)
-    published = next(c for c in contenders if c["validation_accuracy"] == top)
+    pixels = contenders[1]
+    assert pixels["versus_pixels"] is None
+    for contender in contenders[2:] + contenders[:1]:
+        paired = contender["versus_pixels"]
+        assert paired["significant"] == (paired["p_value"] < paired["level"])
+    better = [c for c in contenders if c["versus_pixels"] and c["versus_pixels"]["significant"]]
+    published = max(better, key=lambda c: c["validation_accuracy"]) if better else pixels
     assert selection["published"] == published["name"] == search["published"]
     assert selection["selected_on"] == "validation"
-    assert selection["margin_over_transfer"] == pytest.approx(top - chosen["validation_accuracy"])
+    assert selection["margin_over_transfer"] == pytest.approx(
+        published["validation_accuracy"] - chosen["validation_accuracy"]
+    )
+    assert selection["reason"]
     assert selection["pixels"]["model"] in ("linear", "rbf")
     if published["kind"] == "transfer":
         assert metrics["recipe"].startswith(f"auto {chosen['name']}: ")
@@ -114,6 +123,10 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     assert metrics["transfer_gain"] == pytest.approx(transfer_test - metrics["baseline_accuracy"])
     if published["kind"] == "transfer":
         assert transfer_test == pytest.approx(metrics["testAccuracy"])
+    if published["kind"] == "pixels" and selection["pixels"]["model"] == "linear":
+        # The linear pixel model is the baseline itself: same pixels, training images, seed and C.
+        assert metrics["testAccuracy"] == pytest.approx(metrics["baseline_accuracy"])
+        assert selection["pixels"]["settings"]["C"] == metrics["baseline"]["C"]
     assert metrics["health"]["before_training"]["collapsed"] is False
     progress = tracker.snapshot()
     assert progress.metrics["baseline_accuracy"] == pytest.approx(metrics["baseline_accuracy"])
@@ -123,6 +136,7 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     assert NoticeReason.RECIPE_CHOSEN in reasons
     chosen_notice = next(n for n in progress.notices if n.reason == NoticeReason.RECIPE_CHOSEN)
     assert f"published {published['name']} " in chosen_notice.message
+    assert selection["reason"] in chosen_notice.message
     assert (NoticeReason.NO_TRANSFER_GAIN in reasons) == (metrics["transfer_gain"] <= 0)
     # The exported model serves image bytes: PNG in, probabilities out, same answer as the trained model.
     serve = tf.saved_model.load(str(version)).signatures["serving_default"]

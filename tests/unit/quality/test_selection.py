@@ -6,7 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from kubegraft_trainer.selection import ENSEMBLE_WEIGHTS, ensemble_model, ensemble_weight, select_published
+from kubegraft_trainer.selection import (
+    ENSEMBLE_WEIGHTS,
+    Contender,
+    Selection,
+    choose,
+    ensemble_model,
+    ensemble_weight,
+    paired_test,
+    select_published,
+)
 from kubegraft_trainer.sources import ArraySource
 from tests.unit.quality.test_baseline import quadrant_images
 
@@ -96,3 +105,128 @@ def test_ensemble_model_mixes_both_models_probabilities() -> None:
     second = _constant_model([0.1, 0.9], 8)
     mixed = ensemble_model(first, second, 0.25).predict(np.zeros((2, 8, 8, 3), "float32"), verbose=0)
     np.testing.assert_allclose(mixed, [[0.25 * 0.7 + 0.75 * 0.1, 0.25 * 0.3 + 0.75 * 0.9]] * 2, atol=1e-6)
+
+
+def _contender(name: str, kind: str, correct: list[bool]) -> Contender:
+    """A contender with given per-image validation results (the rule looks at nothing else)."""
+    right = np.asarray(correct, dtype=bool)
+    return Contender(name, kind, name, float(right.mean()), _constant_model([0.5, 0.5], 4), right)
+
+
+def _results(both: int, only_first: int, only_second: int, neither: int) -> tuple[list[bool], list[bool]]:
+    """Paired per-image results of two models on the same images, from the four cell counts."""
+    first = [True] * both + [True] * only_first + [False] * only_second + [False] * neither
+    second = [True] * both + [False] * only_first + [True] * only_second + [False] * neither
+    return first, second
+
+
+def test_paired_test_is_the_exact_one_sided_binomial_tail_of_the_discordant_images() -> None:
+    first, second = _results(100, 15, 5, 30)
+    result = paired_test(np.asarray(first), np.asarray(second))
+    assert (result.wins, result.losses) == (15, 5)
+    # P(X >= 15), X ~ Binomial(20, 1/2) = (C(20,15) + ... + C(20,20)) / 2^20
+    assert result.p_value == pytest.approx(21700 / 2**20)
+    assert result.significant
+    first, second = _results(100, 14, 6, 30)
+    assert paired_test(np.asarray(first), np.asarray(second)).p_value == pytest.approx(60460 / 2**20)
+    assert not paired_test(np.asarray(first), np.asarray(second)).significant
+    same = np.array([True, False, True])
+    assert paired_test(same, same).p_value == 1.0
+    assert paired_test(np.array([False, False, True]), np.ones(3, bool)).p_value == 1.0  # only losses
+    with pytest.raises(ValueError, match="paired test"):
+        paired_test(same, same[:2])
+
+
+def test_transfer_model_ahead_by_three_validation_images_is_not_published_over_the_pixel_model() -> None:
+    # The 1,000-image miss of docs/quality.md: 150 validation images, transfer 0.860 against pixels 0.840.
+    transfer_right, pixels_right = _results(117, 12, 9, 12)
+    transfer = _contender("full-1e-3", "transfer", transfer_right)
+    pixels = _contender("pixels", "pixels", pixels_right)
+    assert transfer.validation_accuracy == pytest.approx(0.860)
+    assert pixels.validation_accuracy == pytest.approx(0.840)
+
+    published, reason = choose([transfer, pixels])
+
+    assert published is pixels
+    assert transfer.versus is not None and (transfer.versus.wins, transfer.versus.losses) == (12, 9)
+    assert not transfer.versus.significant
+    assert "full-1e-3's higher validation accuracy (+0.020) is no significant gain" in reason
+    assert "12 images right that pixels got wrong, 9 the other way" in reason
+    record = transfer.record()["versus_pixels"]
+    assert record["significant"] is False and record["p_value"] == pytest.approx(transfer.versus.p_value)
+    assert pixels.versus is None
+
+
+def test_contender_that_beats_the_pixel_model_significantly_is_published() -> None:
+    transfer_right, pixels_right = _results(100, 30, 2, 18)
+    transfer = _contender("full-1e-3", "transfer", transfer_right)
+    pixels = _contender("pixels", "pixels", pixels_right)
+
+    published, reason = choose([transfer, pixels])
+
+    assert published is transfer
+    assert "beats pixels significantly" in reason and "30 images right that pixels got wrong" in reason
+
+
+def test_of_the_significantly_better_contenders_the_most_accurate_wins_ties_to_the_earlier() -> None:
+    pixels = [True] * 50 + [False] * 50
+    strong = [True] * 50 + [True] * 40 + [False] * 10
+    stronger = [True] * 50 + [True] * 45 + [False] * 5
+    for transfer_right, ensemble_right, winner in (
+        (strong, stronger, "ensemble"),
+        (stronger, strong, "transfer"),
+        (strong, strong, "transfer"),
+    ):
+        contenders = [
+            _contender("transfer", "transfer", transfer_right),
+            _contender("pixels", "pixels", pixels),
+            _contender("ensemble", "ensemble", ensemble_right),
+        ]
+        assert choose(contenders)[0].name == winner
+
+
+def test_a_contender_ahead_of_the_pixel_model_by_chance_does_not_compete() -> None:
+    # The ensemble agrees with pixels but for three images (3 wins, no loss: p 0.125); the transfer model
+    # gets 30 right that pixels got wrong and 10 the other way (p 0.001).
+    pixels = [True] * 50 + [False] * 50
+    ensemble = [True] * 53 + [False] * 47
+    transfer = [True] * 40 + [False] * 10 + [True] * 30 + [False] * 20
+    contenders = [
+        _contender("transfer", "transfer", transfer),
+        _contender("pixels", "pixels", pixels),
+        _contender("ensemble", "ensemble", ensemble),
+    ]
+
+    published, _ = choose(contenders)
+
+    assert published.name == "transfer"
+    ensemble_test = contenders[2].versus
+    assert ensemble_test is not None and (ensemble_test.wins, ensemble_test.losses) == (3, 0)
+    assert ensemble_test.p_value == pytest.approx(0.125) and not ensemble_test.significant
+
+
+def test_pixel_model_is_published_when_no_contender_is_ahead_on_validation() -> None:
+    right = [True] * 8 + [False] * 2
+    contenders = [_contender("head", "transfer", right), _contender("pixels", "pixels", right)]
+
+    published, reason = choose(contenders)
+
+    assert published.name == "pixels"
+    assert reason == "no contender beats pixels on validation"
+
+
+def test_summary_says_the_pixel_model_was_published_behind_a_contender_and_why() -> None:
+    transfer_right, pixels_right = _results(117, 12, 9, 12)
+    contenders = [
+        _contender("full-1e-3", "transfer", transfer_right),
+        _contender("pixels", "pixels", pixels_right),
+    ]
+    published, reason = choose(contenders)
+    selection = Selection(contenders, published, "validation", 0.0, reason=reason)
+
+    summary = selection.summary()
+
+    assert summary.startswith("published pixels (pixels) with validation accuracy 0.840, 0.020 behind")
+    assert "(full-1e-3 0.860): full-1e-3's higher validation accuracy (+0.020) is no significant" in summary
+    assert selection.record()["margin"] == pytest.approx(-0.020)
+    assert selection.record()["contenders"][0]["versus_pixels"]["wins"] == 12
