@@ -909,7 +909,10 @@ class EnrichedEmulator(kmock.KubernetesEmulator):
         if method == "GET" and ref.plural == "pods" and url.subresource == "log":
             return self._pod_log(request, namespace, url.name or "")
         if method == "GET":
-            return self._json(self._get(ref, namespace, url.name or ""))
+            obj = self._get(ref, namespace, url.name or "")
+            if _wants_table(request):  # `kubectl get KIND NAME`: one row
+                return self._json(render_table(ref, [obj], obj["metadata"].get("resourceVersion", "")))
+            return self._json(obj)
         body = self._body(request)
         if method == "POST" and url.name is None:
             if not isinstance(body, dict):
