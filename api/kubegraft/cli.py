@@ -65,6 +65,21 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class PredictFormat(StrEnum):
+    """How `kubegraft predict -o` prints."""
+
+    text = "text"
+    json = "json"
+
+
+class StatusFormat(StrEnum):
+    """How `kubegraft status -o` prints."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
 def _read_manifest_file(file: str) -> bytes | None:
     """The bytes of `file` ('-': stdin), at most one past the size limit; None (said why) if unreadable."""
     import sys
@@ -204,6 +219,7 @@ def predict(
         str, typer.Argument(help="Model repository (output.uri) or a version folder; path or s3://.")
     ],
     images: Annotated[list[str], typer.Argument(help="Image files.")],
+    *,
     version: Annotated[
         int | None, typer.Option(help="Version to use; default the latest complete one.")
     ] = None,
@@ -211,11 +227,20 @@ def predict(
     endpoint: Annotated[
         str | None, typer.Option(envvar="AWS_ENDPOINT_URL", help="S3 endpoint for s3:// URIs; default AWS.")
     ] = None,
+    output: Annotated[
+        PredictFormat,
+        typer.Option(
+            "--output",
+            "-o",
+            help="text: one line per image; json: the classes, each image's top classes and probabilities.",
+        ),
+    ] = PredictFormat.text,
 ) -> None:
     """Print the top classes of each image as the published model's serving signature predicts them."""
+    from kubegraft.printing import prediction_document, render
     from kubegraft.spec import StorageSpec
     from kubegraft_trainer.errors import TrainerError
-    from kubegraft_trainer.predict import load_published, predict_files
+    from kubegraft_trainer.predict import load_published, predict_probabilities, top_k
 
     try:
         model = load_published(model_uri, StorageSpec.model_validate({"endpoint": endpoint}), version)
@@ -223,15 +248,117 @@ def predict(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(code=int(exc.exit_code)) from None
     try:
-        results = predict_files(model, images, top)
+        probabilities = predict_probabilities(model, images)
     except TrainerError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(code=int(exc.exit_code)) from None
     finally:
         model.close()
+    if output is PredictFormat.json:
+        rows = probabilities.tolist()
+        document = prediction_document(model.uri, model.version, model.class_names, images, rows, top=top)
+        typer.echo(render(document, "json"), nl=False)
+        return
     typer.echo(f"# {model.uri} (version {model.version})", err=True)
-    for image, result in zip(images, results, strict=True):
-        typer.echo(f"{image}: {result}")
+    for image, row in zip(images, probabilities, strict=True):
+        typer.echo(f"{image}: {top_k(row, model.class_names, top)}")
+
+
+_NAMESPACE_HELP = "Namespace; default the kubeconfig context's namespace."
+_KUBECONFIG_HELP = "Kubeconfig file; default $KUBECONFIG or ~/.kube/config (in a pod: its service account)."
+
+
+def _transferjobs(kubeconfig: str | None, context: str | None) -> Any:
+    """The cluster's TransferJobs through the kubeconfig; exit 1 with kubectl's kind of line if unusable."""
+    from kubegraft.client import ClientError, TransferJobs
+
+    try:
+        return TransferJobs(kubeconfig, context)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="TransferJob name.")],
+    *,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help=_NAMESPACE_HELP)] = None,
+    output: Annotated[StatusFormat, typer.Option("--output", "-o", help="table, json or yaml.")] = (
+        StatusFormat.table
+    ),
+    kubeconfig: Annotated[str | None, typer.Option(envvar="KUBECONFIG", help=_KUBECONFIG_HELP)] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context; default the current one.")] = None,
+) -> None:
+    """Show a TransferJob's run: phase, stage, epoch, progress, ETA, metrics, conditions, model URI."""
+    from kubegraft.client import ClientError
+    from kubegraft.printing import render, status_table, status_view
+
+    jobs = _transferjobs(kubeconfig, context)
+    try:
+        view = status_view(jobs.get(name, namespace))
+    except ClientError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(status_table(view) if output is StatusFormat.table else render(view, output.value), nl=False)
+
+
+def _parse_timeout(text: str) -> float:
+    """kubectl's durations: ``30s``, ``10m``, ``1h30m``, ``500ms``, or plain seconds."""
+    import re
+
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise typer.BadParameter(f"invalid duration {text!r} (e.g. 30s, 10m, 1h30m)")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+@app.command()
+def wait(
+    name: Annotated[str, typer.Argument(help="TransferJob name.")],
+    *,
+    for_: Annotated[
+        str,
+        typer.Option(
+            "--for", help="condition=Type[=True|False], e.g. condition=Succeeded (as kubectl wait)."
+        ),
+    ],
+    timeout: Annotated[str, typer.Option(help="How long to wait (30s, 10m, 1h); 0: check once.")] = "30s",
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help=_NAMESPACE_HELP)] = None,
+    kubeconfig: Annotated[str | None, typer.Option(envvar="KUBECONFIG", help=_KUBECONFIG_HELP)] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context; default the current one.")] = None,
+) -> None:
+    """Wait for a condition of a TransferJob, like `kubectl wait`: exit 0 when met, 1 on timeout or error.
+
+    Unlike kubectl, waiting for Succeeded stops at once (exit 1) when the run Failed, and the other way round.
+    """
+    from kubegraft.client import RESOURCE, ClientError, WaitFor
+
+    try:
+        wanted = WaitFor.parse(for_)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--for") from None
+    seconds = _parse_timeout(timeout)
+    jobs = _transferjobs(kubeconfig, context)
+    try:
+        outcome = jobs.wait(name, namespace, wanted, seconds)
+    except ClientError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from None
+    if outcome.state == "met":
+        typer.echo(f"{RESOURCE}/{name} condition met")
+        return
+    if outcome.state == "impossible":
+        typer.echo(
+            f"error: {RESOURCE}/{name} will not become {wanted.type}={wanted.status}: {outcome.message}",
+            err=True,
+        )
+    else:
+        typer.echo(f"error: timed out waiting for the condition on {RESOURCE}/{name}", err=True)
+    raise typer.Exit(code=1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -56,7 +56,8 @@ _METADATA_DESCRIPTION = (
 )
 _STATUS_DESCRIPTION = "What the operator observed about the current run; written by the operator only."
 
-_PRINTER_COLUMNS: tuple[dict[str, str], ...] = (
+# `kubectl get` shows priority 0 columns; `-o wide` adds the long ones (priority 1).
+_PRINTER_COLUMNS: tuple[dict[str, str | int], ...] = (
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Summary of the run."},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "description": "Stage now training."},
     {
@@ -66,13 +67,38 @@ _PRINTER_COLUMNS: tuple[dict[str, str], ...] = (
         "description": "Epoch within the stage.",
     },
     {
+        "name": "Progress",
+        "type": "integer",
+        "jsonPath": ".status.progress",
+        "description": "Percent of the planned work done.",
+    },
+    {
+        "name": "ETA",
+        "type": "integer",
+        "jsonPath": ".status.etaSeconds",
+        "description": "Estimated seconds to the end of training.",
+    },
+    {
         "name": "Val-Acc",
         "type": "number",
         "jsonPath": ".status.metrics.val_accuracy",
         "description": "Latest validation accuracy.",
     },
-    {"name": "Model", "type": "string", "jsonPath": ".status.modelUri", "description": "Published model."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Model",
+        "type": "string",
+        "jsonPath": ".status.modelUri",
+        "description": "Published model.",
+        "priority": 1,
+    },
+    {
+        "name": "Recipe",
+        "type": "string",
+        "jsonPath": ".status.recipe",
+        "description": "The training recipe.",
+        "priority": 1,
+    },
 )
 
 

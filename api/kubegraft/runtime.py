@@ -121,7 +121,24 @@ class TrainingProgress(ApiModel):
     images_trained: int = Field(
         0, ge=0, description="Training images processed so far in this run, over all stages (only grows)."
     )
-    eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of the run.")
+    eta_seconds: float | None = Field(
+        None, ge=0, description="Seconds to the end of training at the measured pace; None: unknown."
+    )
+    search_epochs_done: int = Field(
+        0, ge=0, description="strategy auto: epochs the finished candidates ran (not in completedEpochs)."
+    )
+    search_epochs_left: int = Field(
+        0, ge=0, description="strategy auto: most epochs the candidates to come may run (budget)."
+    )
+    progress: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description=(
+            "Percent of the run's planned epochs done (stages, and the search's candidates); only grows, "
+            "at most 99 until the run succeeded."
+        ),
+    )
     recipe: str | None = Field(None, description="The recipe in short form.")
     notices: list[Notice] = Field(
         default_factory=list, description="Facts worth an Event (NoticeReason), in the order they happened."

@@ -73,6 +73,21 @@ class TransferJobStatus(ApiModel):
     stage: str | None = Field(None, description="The stage training now (or last).")
     epoch: int | None = Field(None, ge=0, description="Epoch within the stage.")
     total_epochs: int | None = Field(None, ge=0, description="Maximum epochs over all stages.")
+    progress: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description=(
+            "Percent of the run's planned epochs done (all stages; with strategy auto, all search candidates "
+            "within the budget). Only grows within a run; 100 once Succeeded."
+        ),
+    )
+    eta_seconds: int | None = Field(
+        None, ge=0, description="Estimated seconds to the end of training (measured pace); unset: unknown."
+    )
+    last_update_time: str | None = Field(
+        None, description="When the operator last wrote progress from the trainer (RFC 3339)."
+    )
     metrics: dict[str, float] = Field(
         default_factory=dict,
         description="Latest metrics: loss, accuracy, val_loss, val_accuracy, test_accuracy, ...",

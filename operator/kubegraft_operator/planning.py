@@ -522,7 +522,20 @@ _QUIET_REASONS = frozenset({Reason.JOB_CREATED, Reason.STARTING})
 
 STATUS_METRIC_DIGITS = 4
 
-_PROGRESS_FIELDS = ("stage", "epoch", "totalEpochs", "metrics", "images", "recipe", "modelUri")
+_PROGRESS_FIELDS = (
+    "stage",
+    "epoch",
+    "totalEpochs",
+    "progress",
+    "etaSeconds",
+    "lastUpdateTime",
+    "metrics",
+    "images",
+    "recipe",
+    "modelUri",
+)
+# What a new lastUpdateTime stamps: the fields that move while a run trains.
+_MOVING_FIELDS = ("stage", "epoch", "totalEpochs", "progress", "etaSeconds", "metrics")
 
 
 def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
@@ -530,6 +543,9 @@ def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
         "stage": progress.stage,
         "epoch": progress.epoch,
         "totalEpochs": progress.total_epochs or None,
+        "progress": progress.progress,
+        # Whole seconds: an estimate, and the status is written only when it changes.
+        "etaSeconds": round(progress.eta_seconds) if progress.eta_seconds is not None else None,
         # Rounded: the status is for people and printer columns; metrics.json keeps full precision.
         "metrics": {k: round(v, STATUS_METRIC_DIGITS) for k, v in progress.metrics.items()} or None,
         "images": progress.images.model_dump(by_alias=True) if progress.images.train else None,
@@ -537,6 +553,24 @@ def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
         "modelUri": progress.model_uri,
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _finish_progress(
+    status: dict[str, Any], previous: Mapping[str, Any], phase: str, now: str, *, moved: bool
+) -> None:
+    """Progress only grows within a run and is 100 once Succeeded; no ETA once finished; stamp the update.
+
+    A retried pod restarts its count from its checkpoint, so the status keeps the highest value it showed.
+    """
+    before = previous.get("progress")
+    if phase == "Succeeded":
+        status["progress"], status["etaSeconds"] = 100, 0
+    elif isinstance(before, int) and status.get("progress") is not None:
+        status["progress"] = max(before, int(status["progress"]))
+    if phase in ("Failed", "Suspended"):
+        status.pop("etaSeconds", None)
+    if moved and any(status.get(k) != previous.get(k) for k in _MOVING_FIELDS):
+        status["lastUpdateTime"] = now
 
 
 def _event_type(summary: Summary) -> str:
@@ -760,9 +794,12 @@ def derive_status(
     for source in (progress, final):
         if source is not None:
             status.update(_progress_fields(source))
+            if source.eta_seconds is None:
+                status.pop("etaSeconds", None)
     word = progress or final
     same_run_conditions = (previous.get("conditions") or []) if same_run else []
     summary = _succeeded_summary(summary, status.get("modelUri"), _kept_back_text(word, same_run_conditions))
+    _finish_progress(status, previous if same_run else {}, summary.phase, now, moved=word is not None)
     gain = transfer_gain_condition(summary, status.get("metrics") or {}, word, same_run_conditions)
     published = published_condition(summary, status.get("modelUri"), word, same_run_conditions)
     job = plan.job

@@ -662,8 +662,8 @@ def _condition(obj: JsonObj, type_: str) -> str:
     return ""
 
 
-def _crd_printer_columns() -> list[tuple[str, Callable[[JsonObj], Any]]]:
-    """The TransferJob CRD's additionalPrinterColumns as kubectl shows them (Age is added to every kind)."""
+def _crd_printer_columns() -> list[tuple[str, Callable[[JsonObj], Any], int]]:
+    """The TransferJob CRD's additionalPrinterColumns, in order, with their priority (1: `-o wide` only)."""
     from kubegraft.crd import build_crd
 
     columns = build_crd()["spec"]["versions"][0].get("additionalPrinterColumns", [])
@@ -671,15 +671,19 @@ def _crd_printer_columns() -> list[tuple[str, Callable[[JsonObj], Any]]]:
     def cell(path: str) -> Callable[[JsonObj], Any]:
         def read(obj: JsonObj) -> Any:
             value = _dig(obj, path)
+            if path == "metadata.creationTimestamp":
+                return _age(value)
             return "" if value is None else value
 
         return read
 
-    return [(c["name"].upper(), cell(c["jsonPath"].lstrip("."))) for c in columns if c["name"] != "Age"]
+    return [(c["name"].upper(), cell(c["jsonPath"].lstrip(".")), int(c.get("priority", 0))) for c in columns]
 
 
-# Printer columns beyond NAME and AGE, by plural: (header, function of the object).
-PRINTER_COLUMNS: dict[str, list[tuple[str, Callable[[JsonObj], Any]]]] = {
+# Printer columns beyond NAME, by plural: (header, function of the object[, priority]); AGE is added last
+# where no AGE column is given.
+_Column = tuple[str, Callable[[JsonObj], Any]] | tuple[str, Callable[[JsonObj], Any], int]
+PRINTER_COLUMNS: dict[str, list[_Column]] = {
     "transferjobs": _crd_printer_columns(),
     "pods": [
         ("STATUS", lambda o: o.get("status", {}).get("phase", "")),
@@ -706,18 +710,21 @@ PRINTER_COLUMNS: dict[str, list[tuple[str, Callable[[JsonObj], Any]]]] = {
 
 def render_table(ref: ResourceRef, objs: list[JsonObj], resource_version: str) -> JsonObj:
     """A `meta.k8s.io/v1` Table of `objs`, as `kubectl get` asks for."""
-    extra = PRINTER_COLUMNS.get(ref.plural, [])
+    extra = [(c[0], c[1], c[2] if len(c) == 3 else 0) for c in PRINTER_COLUMNS.get(ref.plural, [])]
+    own_age = any(h == "AGE" for h, _, _ in extra)
     columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
     columns += [
-        {"name": h, "type": "string", "format": "", "description": h, "priority": 0} for h, _ in extra
+        {"name": h, "type": "string", "format": "", "description": h, "priority": p} for h, _, p in extra
     ]
-    columns += [{"name": "Age", "type": "date", "format": "", "description": "Age", "priority": 0}]
+    if not own_age:
+        columns += [{"name": "Age", "type": "date", "format": "", "description": "Age", "priority": 0}]
     rows = []
     for obj in objs:
         meta = obj.get("metadata", {})
         cells = [meta.get("name", "")]
-        cells += [fn(obj) for _, fn in extra]
-        cells += [_age(meta.get("creationTimestamp"))]
+        cells += [fn(obj) for _, fn, _ in extra]
+        if not own_age:
+            cells += [_age(meta.get("creationTimestamp"))]
         rows.append(
             {
                 "cells": cells,
@@ -902,7 +909,10 @@ class EnrichedEmulator(kmock.KubernetesEmulator):
         if method == "GET" and ref.plural == "pods" and url.subresource == "log":
             return self._pod_log(request, namespace, url.name or "")
         if method == "GET":
-            return self._json(self._get(ref, namespace, url.name or ""))
+            obj = self._get(ref, namespace, url.name or "")
+            if _wants_table(request):  # `kubectl get KIND NAME`: one row
+                return self._json(render_table(ref, [obj], obj["metadata"].get("resourceVersion", "")))
+            return self._json(obj)
         body = self._body(request)
         if method == "POST" and url.name is None:
             if not isinstance(body, dict):

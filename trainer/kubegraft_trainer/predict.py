@@ -101,6 +101,23 @@ def top_k(probabilities: np.ndarray[Any, Any], class_names: Sequence[str], k: in
     return [(class_names[i], round(float(probabilities[i]), 3)) for i in order]
 
 
+def predict_probabilities(model: PublishedModel, paths: Sequence[str | Path]) -> np.ndarray[Any, Any]:
+    """Class probabilities of image files, one row per file, columns in ``model.class_names`` order.
+
+    Raises:
+        TrainerError: A file cannot be read (DatasetNotFound).
+    """
+    encoded: list[bytes] = []
+    for path in paths:
+        try:
+            encoded.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise TrainerError(FailureReason.DATASET_NOT_FOUND, f"cannot read image {path}: {exc}") from exc
+    if not encoded:
+        return np.zeros((0, len(model.class_names)), "float32")
+    return model.predict_bytes(encoded)
+
+
 def predict_files(
     model: PublishedModel, paths: Sequence[str | Path], k: int = 3
 ) -> list[list[tuple[str, float]]]:
@@ -117,13 +134,4 @@ def predict_files(
     Raises:
         TrainerError: A file cannot be read (DatasetNotFound).
     """
-    encoded: list[bytes] = []
-    for path in paths:
-        try:
-            encoded.append(Path(path).read_bytes())
-        except OSError as exc:
-            raise TrainerError(FailureReason.DATASET_NOT_FOUND, f"cannot read image {path}: {exc}") from exc
-    if not encoded:
-        return []
-    probabilities = model.predict_bytes(encoded)
-    return [top_k(row, model.class_names, k) for row in probabilities]
+    return [top_k(row, model.class_names, k) for row in predict_probabilities(model, paths)]

@@ -41,6 +41,40 @@ log = logging.getLogger(__name__)
 _EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
+# Epoch times the ETA averages: the last few, so a stage change (cached head -> fine-tune) shows soon.
+ETA_WINDOW = 3
+
+
+def planned_epochs(progress: TrainingProgress) -> tuple[int, int]:
+    """(epochs done, epochs planned) over the whole run: the current stage plan plus the search's candidates.
+
+    Every epoch trains on the whole training split, so epochs count the images processed as well. The plan
+    is the most the run may still do: early stopping, the search's cuts and its budget only shrink it.
+    """
+    done = progress.search_epochs_done + progress.completed_epochs
+    left = max(progress.total_epochs - progress.completed_epochs, 0) + progress.search_epochs_left
+    return done, done + left
+
+
+def run_percent(progress: TrainingProgress) -> int:
+    """Percent of the planned epochs done: 100 once succeeded, at most 99 before (the export remains)."""
+    if progress.state == "succeeded":
+        return 100
+    done, planned = planned_epochs(progress)
+    return min(99, 100 * done // planned) if planned else 0
+
+
+def eta(progress: TrainingProgress, epoch_seconds: list[float]) -> float | None:
+    """Seconds to the end of training at the measured pace (mean of the last epochs); None: not known yet."""
+    if progress.state == "succeeded":
+        return 0.0
+    if progress.state == "failed" or not epoch_seconds:
+        return None
+    done, planned = planned_epochs(progress)
+    recent = epoch_seconds[-ETA_WINDOW:]
+    return round(sum(recent) / len(recent) * (planned - done), 1)
+
+
 class ProgressTracker:
     """Thread-safe holder of the run's `TrainingProgress` and its Prometheus gauges.
 
@@ -100,9 +134,19 @@ class ProgressTracker:
             return self._progress.model_copy(deep=True)
 
     def update(self, **fields: Any) -> None:
-        """Set top-level `TrainingProgress` fields (snake_case names) and refresh the matching gauges."""
+        """Set top-level `TrainingProgress` fields (snake_case names) and refresh the matching gauges.
+
+        ``progress`` and ``eta_seconds`` are derived here from the plan (`run_percent`, `eta`).
+        """
         with self._lock:
-            self._progress = self._progress.model_copy(update=fields)
+            before = self._progress
+            merged = before.model_copy(update=fields)
+            percent = run_percent(merged)
+            if merged.state != "succeeded":
+                percent = max(percent, before.progress)  # only grows within a run, even across re-plans
+            self._progress = merged.model_copy(
+                update={"progress": percent, "eta_seconds": eta(merged, self._epoch_seconds)}
+            )
             p = self._progress
             self._total.set(p.total_epochs)
             self._completed.set(p.completed_epochs)
@@ -152,10 +196,6 @@ class ProgressTracker:
                     metrics[name] = float(logs[name])
                     self._metric_gauges[name].set(float(logs[name]))
             completed = p.completed_epochs + 1
-            remaining_here = max(p.stage_epochs - epoch, 0)
-            later = max(p.total_epochs - completed - remaining_here, 0)
-            recent = self._epoch_seconds[-3:]
-            eta = (sum(recent) / len(recent)) * (remaining_here + later)
             self._epoch.set(epoch)
             self._images.inc(images)
             trained = p.images_trained + images
@@ -164,14 +204,15 @@ class ProgressTracker:
             completed_epochs=completed,
             metrics=metrics,
             images_per_second=ips,
-            eta_seconds=eta,
             images_trained=trained,
         )
+        left = self._progress.eta_seconds or 0.0
         parts = " ".join(f"{k}={float(logs[k]):.4f}" for k in _EPOCH_METRICS if k in logs)
         rate = f" {ips:.0f} img/s" if ips is not None else ""
         line = (
             f"[{self._progress.stage}] epoch {epoch}/{self._progress.stage_epochs} {parts} "
-            f"{seconds:.1f}s{rate} (total {completed}/{self._progress.total_epochs}, eta {eta:.0f}s)"
+            f"{seconds:.1f}s{rate} (total {completed}/{self._progress.total_epochs}, "
+            f"{self._progress.progress}%, eta {left:.0f}s)"
         )
         if self._out is not None:
             print(line, file=self._out, flush=True)
@@ -184,7 +225,8 @@ class ProgressTracker:
                 total_epochs=self._progress.total_epochs,
                 seconds=round(seconds, 3),
                 images_per_second=ips,
-                eta_seconds=eta,
+                progress=self._progress.progress,
+                eta_seconds=left,
                 **{k: float(logs[k]) for k in _EPOCH_METRICS if k in logs},
             )
 

@@ -498,8 +498,15 @@ def train_on_source(
         )
         parts, runner = search.parts, search.runner
         epochs = sum(c.epochs for c in search.candidates)
-        tracker.set_plan(runner.step_names, epochs, search.recipe)
-        tracker.update(completed_epochs=epochs)
+        # One update: the search's epochs move into the plan, so progress never dips in between.
+        tracker.update(
+            stages=runner.step_names,
+            total_epochs=epochs,
+            completed_epochs=epochs,
+            recipe=search.recipe,
+            search_epochs_done=0,
+            search_epochs_left=0,
+        )
         if _trained_batchnorm(parts, runner):  # the winner's BN layers trained: check them once more
             health["after_training"] = _check_health(parts, source, tracker, "after training")
     else:

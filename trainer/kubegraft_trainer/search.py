@@ -352,6 +352,16 @@ def _max_epochs(spec: TransferJobSpec) -> int:
     return sum(s.epochs for s in spec.resolved_stages())
 
 
+def _epochs_after(queue: list[tuple[str, TransferJobSpec]], position: int, budget_left: int) -> int:
+    """The most epochs the candidates after ``position`` may run: the rest of the queue, the augmented copy
+    of a backbone-training candidate (if any may come), within the epoch budget left. Progress counts it."""
+    later = sum(_max_epochs(c) for _, c in queue[position + 1 :])
+    if position < len(queue):
+        trains = [_max_epochs(c) for _, c in queue if any(s.trains_backbone for s in c.resolved_stages())]
+        later += max(trains, default=0)
+    return min(later, max(budget_left, 0))
+
+
 def _accuracy(model: keras.Model, source: ImageSource, split: str) -> float:
     probabilities, labels = predict_split(model, source, split)
     return float(np.mean(np.argmax(probabilities, axis=1) == labels)) if len(labels) else 0.0
@@ -510,7 +520,7 @@ def search_recipe(
     best: _Leader | None = None
     best_backbone: dict[str, tuple[float, str, TransferJobSpec]] = {}  # read by the generator when due
     spent = 0
-    for name, candidate in _with_augmented(queue, spec, best_backbone):
+    for position, (name, candidate) in enumerate(_with_augmented(queue, spec, best_backbone)):
         max_epochs = _max_epochs(candidate)
         trains_backbone = any(s.trains_backbone for s in candidate.resolved_stages())
         augmented = candidate.augmentation.enabled
@@ -523,7 +533,13 @@ def search_recipe(
             log.info("search: %s skipped (budget)", name)
             _save_search(store, results, spent_before + time.monotonic() - started)
             continue
-        tracker.update(recipe=f"auto: trying {name} (candidate {len(results)})")
+        tracker.update(
+            recipe=f"auto: trying {name} (candidate {len(results)})",
+            search_epochs_done=spent,
+            search_epochs_left=_epochs_after(queue, position, budget.epochs - spent - max_epochs),
+            total_epochs=max_epochs,
+            completed_epochs=0,
+        )
         leader = (best[6], best[0]) if best is not None else None
         candidate_store = store.child(f"search-{name}", spec_hash(candidate))
         parts, runner, curve, notices = _run_candidate(

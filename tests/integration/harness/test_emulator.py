@@ -326,7 +326,8 @@ def test_kubectl_applies_gets_waits_and_deletes(api: Cluster, ns: str, tmp_path:
     again = api.kubectl("apply", "--validate=false", "-n", ns, "-f", str(manifest)).stdout
     assert "unchanged" in again or "configured" in again
     table = api.kubectl("get", "tj", "-n", ns).stdout
-    assert table.splitlines()[0].split() == ["NAME", "PHASE", "STAGE", "EPOCH", "VAL-ACC", "MODEL", "AGE"]
+    header = ["NAME", "PHASE", "STAGE", "EPOCH", "PROGRESS", "ETA", "VAL-ACC", "AGE"]
+    assert table.splitlines()[0].split() == header
     assert "kc" in table
     as_yaml = api.kubectl("get", "tj", "kc", "-n", ns, "-o", "yaml").stdout
     assert "validationSplit: 0.15" in as_yaml

@@ -137,6 +137,9 @@ def main() -> None:
                         "loss": 1.0 / completed,
                     },
                     "images_per_second": 123.0,
+                    # As the real trainer derives them: percent of planned epochs, at most 99 until done.
+                    "progress": min(99, 100 * completed // total),
+                    "eta_seconds": seconds * (total - completed),
                     "images_trained": 100 * completed,
                 }
             )
@@ -160,6 +163,8 @@ def main() -> None:
     final = state.model_copy(
         update={
             "state": "succeeded",
+            "progress": 100,
+            "eta_seconds": 0.0,
             "model_uri": f"{spec.output.uri.rstrip('/')}/1/",
             "metrics": metrics,
             "notices": notices,

@@ -51,7 +51,15 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     small_images: Path, pretrained_backbone: Path, tmp_path: Path
 ) -> None:
     tracker = ProgressTracker(out=io.StringIO())
-    result = train(minimal_spec(small_images, pretrained_backbone, tmp_path / "models"), tracker=tracker)
+    percents = _Percents(tracker)
+    result = train(
+        minimal_spec(small_images, pretrained_backbone, tmp_path / "models"),
+        tracker=tracker,
+        extra_callbacks=[percents],
+    )
+    # Progress spans the whole search: it only grows over every candidate's epochs, and is 100 at the end.
+    assert len(percents.seen) > 1 and percents.seen == sorted(percents.seen) and percents.seen[-1] < 100
+    assert (tracker.snapshot().state, tracker.snapshot().progress) == ("succeeded", 100)
 
     version = tmp_path / "models" / "1"
     for name in (
@@ -211,6 +219,18 @@ def test_backbone_with_stale_batchnorm_statistics_is_repaired_before_training_an
     assert "re-estimated" in notices[0].message
     assert metrics["strategy"] == "stages"
     assert "search" not in metrics
+
+
+class _Percents(keras.callbacks.Callback):  # type: ignore[misc]
+    """Records the tracker's progress percent after every epoch (it runs after the progress callback)."""
+
+    def __init__(self, tracker: ProgressTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seen.append(self.tracker.snapshot().progress)
 
 
 class SearchKilledError(Exception):

@@ -197,6 +197,17 @@ def test_predict_cli_prints_top_classes_of_each_image(
         ranked = eval(line.split(": ", 1)[1])  # the CLI prints Python tuples, its documented format
         assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
         assert ranked[0][0] in {CLASS_NAMES[c] for c in TRANSFER_CLASSES}
+    # -o json: the same ranking, and every class's probability aligned with the classes list.
+    result = CliRunner().invoke(app, ["predict", str(staged_run.output), *files, "--top", "2", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert len(document["classes"]) == len(TRANSFER_CLASSES)
+    for line, prediction in zip(lines, document["predictions"], strict=True):
+        ranked = eval(line.split(": ", 1)[1])
+        assert prediction["class"] == ranked[0][0] == prediction["top"][0]["class"]
+        scores = prediction["probabilities"]
+        assert len(scores) == len(document["classes"]) and sum(scores) == pytest.approx(1.0, abs=1e-4)
+        assert document["classes"][scores.index(max(scores))] == prediction["class"]
 
 
 def test_progress_server_serves_progress_and_metrics_during_the_run(staged_run: StagedRun) -> None:

@@ -82,15 +82,18 @@ def test_crd_names_the_transferjob_resource() -> None:
     assert version["subresources"] == {"status": {}}
 
 
-def test_printer_columns_show_phase_progress_accuracy_and_model() -> None:
+def test_printer_columns_show_progress_and_eta_and_keep_model_and_recipe_for_wide() -> None:
     columns = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [(c["name"], c["jsonPath"]) for c in columns] == [
-        ("Phase", ".status.phase"),
-        ("Stage", ".status.stage"),
-        ("Epoch", ".status.epoch"),
-        ("Val-Acc", ".status.metrics.val_accuracy"),
-        ("Model", ".status.modelUri"),
-        ("Age", ".metadata.creationTimestamp"),
+    assert [(c["name"], c["jsonPath"], c.get("priority", 0)) for c in columns] == [
+        ("Phase", ".status.phase", 0),
+        ("Stage", ".status.stage", 0),
+        ("Epoch", ".status.epoch", 0),
+        ("Progress", ".status.progress", 0),
+        ("ETA", ".status.etaSeconds", 0),
+        ("Val-Acc", ".status.metrics.val_accuracy", 0),
+        ("Age", ".metadata.creationTimestamp", 0),
+        ("Model", ".status.modelUri", 1),
+        ("Recipe", ".status.recipe", 1),
     ]
 
 

@@ -198,6 +198,41 @@ def test_progress_fields_are_kept_between_polls_of_the_same_run() -> None:
     )
 
 
+def test_progress_and_eta_are_copied_from_the_trainer_with_the_time_of_the_write() -> None:
+    progress = TrainingProgress.model_validate(
+        {"state": "training", "stage": "head", "epoch": 1, "progress": 40, "etaSeconds": 61.6}
+    )
+    status = _status(transferjob(), [job(1)], [pod(running=True)], progress).status
+    assert (status["progress"], status["etaSeconds"], status["lastUpdateTime"]) == (40, 62, NOW)
+    # The next poll sees nothing new: lastUpdateTime stays, so the status is not written again.
+    again = _status(transferjob(status=status), [job(1)], [pod(running=True)], progress, now="later")
+    assert status_patch(status, again.status) == {}
+
+
+def test_progress_never_goes_back_within_a_run_and_an_unknown_eta_is_dropped() -> None:
+    previous = {"run": 1, "phase": "Running", "progress": 60, "etaSeconds": 30}
+    restarted = TrainingProgress.model_validate({"state": "loading", "progress": 10})
+    status = _status(transferjob(status=previous), [job(1)], [pod(running=True)], restarted).status
+    assert status["progress"] == 60
+    assert "etaSeconds" not in status
+
+
+def test_a_succeeded_run_shows_100_percent_and_no_time_left() -> None:
+    previous = {"run": 1, "phase": "Running", "progress": 99, "etaSeconds": 3}
+    message = {"state": "succeeded", "progress": 100, "modelUri": "s3://models/flowers/1/"}
+    status = _succeeded(message, transferjob(status=previous)).status
+    assert (status["phase"], status["progress"], status["etaSeconds"]) == ("Succeeded", 100, 0)
+
+
+def test_a_failed_run_keeps_its_progress_and_drops_the_eta() -> None:
+    previous = {"run": 1, "phase": "Running", "progress": 30, "etaSeconds": 90}
+    tj = transferjob(status=previous)
+    message = {"state": "failed", "reason": "TrainingError", "progress": 30}
+    status = _status(tj, [job(1, outcome="Failed")], [pod(exit_code=1, term_message=message)]).status
+    assert (status["phase"], status["progress"]) == ("Failed", 30)
+    assert "etaSeconds" not in status
+
+
 def test_progress_fields_of_the_previous_run_are_dropped_by_a_new_run() -> None:
     previous = {"run": 1, "phase": "Succeeded", "stage": "finetune", "modelUri": "s3://models/flowers/1/"}
     tj = transferjob(with_spec(model={"backbone": "ResNet50"}), generation=2, status=previous)

@@ -101,3 +101,45 @@ def test_notices_are_kept_once_and_survive_the_compact_termination_message() -> 
     data = json.loads(tracker.compact_json())
     assert [n["reason"] for n in data["notices"]] == ["NoTransferGain", "FineTuneRegressed"]
     assert len(data["notices"][1]["message"]) <= 200
+
+
+def test_progress_is_percent_of_planned_epochs_and_100_only_once_succeeded() -> None:
+    tracker = ProgressTracker(out=io.StringIO(), clock=lambda: 1000.0)
+    assert (tracker.snapshot().progress, tracker.snapshot().eta_seconds) == (0, None)
+    tracker.set_plan(["head"], 2, "recipe")
+    tracker.start_stage(0, "head", 2, 0)
+    tracker.end_epoch(1, {"loss": 1.0}, 3.0, 10)
+    assert (tracker.snapshot().progress, tracker.snapshot().eta_seconds) == (50, 3.0)
+    tracker.end_epoch(2, {"loss": 0.5}, 1.0, 10)
+    tracker.end_stage(2)
+    tracker.set_state("exporting")
+    assert tracker.snapshot().progress == 99  # training done, export still to come
+    tracker.set_state("succeeded")
+    assert (tracker.snapshot().progress, tracker.snapshot().eta_seconds) == (100, 0.0)
+
+
+def test_search_progress_spans_all_candidates_and_never_goes_back() -> None:
+    tracker = ProgressTracker(out=io.StringIO(), clock=lambda: 1000.0)
+    seen: list[int] = []
+    # Candidate 1 (4 epochs, stops early after 2), then candidate 2 (4 epochs); 4 more may follow.
+    tracker.update(search_epochs_done=0, search_epochs_left=8, total_epochs=4, completed_epochs=0)
+    tracker.set_plan(["head"], 4, "c1")
+    tracker.start_stage(0, "head", 4, 0)
+    for epoch in (1, 2):
+        tracker.end_epoch(epoch, {}, 1.0, 10)
+        seen.append(tracker.snapshot().progress)
+    tracker.end_stage(2)
+    seen.append(tracker.snapshot().progress)
+    tracker.update(search_epochs_done=2, search_epochs_left=0, total_epochs=4, completed_epochs=0)
+    seen.append(tracker.snapshot().progress)
+    tracker.set_plan(["head"], 4, "c2")
+    tracker.update(completed_epochs=0)
+    tracker.start_stage(0, "head", 4, 0)
+    assert tracker.snapshot().eta_seconds == pytest.approx(4.0)  # 4 epochs left at 1 s each
+    for epoch in (1, 2, 3, 4):
+        tracker.end_epoch(epoch, {}, 1.0, 10)
+        seen.append(tracker.snapshot().progress)
+    assert seen == sorted(seen)
+    assert seen[0] == 100 * 1 // 12 and seen[-1] == 99
+    tracker.update(state="failed")
+    assert tracker.snapshot().eta_seconds is None
