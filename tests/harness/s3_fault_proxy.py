@@ -10,10 +10,15 @@ header and answer them otherwise:
 - ``truncate``: the upstream answer's status and headers, half its body, then a reset;
 - ``slow``: the upstream answer trickled out over ``delay`` seconds (it completes);
 - ``expired``: 403 ``ExpiredToken``, the request not forwarded;
-- ``call``: ``action()`` runs (e.g. delete the bucket upstream), then the request is forwarded.
+- ``nosuchbucket``: 404 ``NoSuchBucket``, as AWS answers once a bucket is deleted (SeaweedFS instead
+  creates a missing bucket again on the next PUT);
+- ``call``: nothing but the rule's ``action``, then the request is forwarded.
+
+A rule's ``action`` (e.g. delete the bucket upstream) runs at its first hit, before the answer.
 
 A rule skips its first ``start`` matching requests, then hits every ``every``-th one, ``times`` times at most
-(None: without end). Counting matching requests, not clock time, makes the number of faults injected exact
+(None: without end); a ``latch`` rule, once hit, hits every request after.
+Counting matching requests, not clock time, makes the number of faults injected exact
 for a given rule set, whatever the order in which concurrent requests arrive. `FaultProxy.injected` counts
 them by kind.
 """
@@ -37,7 +42,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["Fault", "FaultKind", "FaultProxy"]
 
-FaultKind = Literal["slowdown", "reset", "truncate", "slow", "expired", "call"]
+FaultKind = Literal["slowdown", "reset", "truncate", "slow", "expired", "nosuchbucket", "call"]
 # Hop-by-hop headers a proxy does not pass on (RFC 9110 7.6.1), and the length it sets itself.
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -45,6 +50,7 @@ _HOP_HEADERS = frozenset(
 _ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
     "expired": (403, "ExpiredToken", "The provided token has expired."),
+    "nosuchbucket": (404, "NoSuchBucket", "The specified bucket does not exist."),
 }
 
 
@@ -61,7 +67,9 @@ class Fault:
         every: After ``start``, hit every ``every``-th matching request.
         times: Hits at most (None: every one from then on).
         delay: Seconds a ``slow`` answer takes to trickle out.
-        action: What a ``call`` fault runs (once per hit) before forwarding.
+        action: What runs at the rule's first hit, before the answer.
+        latch: After its first hit the rule matches every request, whatever its method, path or header
+            (credentials that expired stay expired).
     """
 
     kind: FaultKind
@@ -73,11 +81,15 @@ class Fault:
     times: int | None = 1
     delay: float = 1.0
     action: Callable[[], None] | None = None
+    latch: bool = False
     matched: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
+    acted: bool = field(default=False, init=False)
 
     def matches(self, method: str, target: str, headers: http.client.HTTPMessage) -> bool:
         """Whether a request is one this rule counts."""
+        if self.latch and self.hits:
+            return True
         if self.methods and method not in self.methods:
             return False
         if self.path and not re.search(self.path, target):
@@ -162,7 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         for attempt in (1, 2):  # a kept-alive upstream connection the server closed meanwhile: reopen once
             if self._upstream is None:
-                self._upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                self._upstream = http.client.HTTPConnection(
+                    proxy.upstream_host, proxy.upstream_port, timeout=60
+                )
             try:
                 self._upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                 for name, value in self.headers.items():
@@ -187,14 +201,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         fault = self.server.proxy._pick(self.command, self.path, self.headers)
         kind = fault.kind if fault is not None else None
+        if fault is not None and fault.action is not None and fault.hits == 1 and not fault.acted:
+            fault.acted = True
+            fault.action()
         if kind == "reset":
             self._reset()
             return
         if kind in _ERRORS:
             self._error(str(kind))
             return
-        if kind == "call" and fault is not None and fault.action is not None:
-            fault.action()
         status, reason, headers, data = self._forward(body)
         self.send_response(status, reason)
         for name, value in headers:
@@ -219,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(data)
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815 - http.server's names
 
 
 class FaultProxy:
