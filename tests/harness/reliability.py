@@ -326,8 +326,8 @@ def _report(outcomes: list[Outcome], seconds: float) -> str:
     lines = [
         "# Reliability: the trainer against S3 faults",
         "",
-        "Produced by `PYTHONPATH=. .venv/bin/python -m tests.harness.reliability` (about "
-        f"{seconds / 60:.0f} minutes on the 2-core development machine). Each scenario runs a small real "
+        "Produced by `PYTHONPATH=. .venv/bin/python -m tests.harness.reliability` "
+        f"({seconds:.0f} s on the shared 2-core development machine). Each scenario runs a small real "
         "transfer run (tiny conv backbone, 3 Fashion-MNIST classes, 120 images at 32 px, two stages of two "
         "epochs) against SeaweedFS through `tests/harness/s3_fault_proxy.py`, which injects one fault class "
         "into the data set's listing and image reads (boto3, urllib3 and libcurl fast paths), the backbone "
