@@ -73,12 +73,13 @@ class Scenario:
 
 
 def _everywhere(kind: Any, **extra: Any) -> Callable[[Callable[[], None]], list[Fault]]:
-    """Reads of the data set and the backbone, checkpoint writes and the publish's copies, all hit."""
+    """Reads of the data set (listing and images) and the backbone, checkpoint writes, publish copies."""
 
     def build(_: Callable[[], None]) -> list[Fault]:
         return [
             Fault(kind, methods=_GET, path=_DATA, start=3, every=7, times=8, **extra),
             Fault(kind, methods=_GET, path=r"/bb/", times=1, **extra),
+            Fault(kind, methods=_GET, path=r"list-type", times=1, **extra),
             Fault(kind, methods=_PUT, path=_CHECKPOINTS, start=1, every=2, times=3, **extra),
             Fault(kind, methods=_PUT, header=_COPY, start=1, every=3, times=2, **extra),
         ]
