@@ -52,6 +52,7 @@ class ExitCode(IntEnum):
     SUCCEEDED = 0
     RETRYABLE = 1  # infrastructure trouble (storage timeouts, OOM, preemption): retry within backoffLimit
     INVALID = 78  # EX_CONFIG: the spec or the data is wrong; retrying cannot help
+    TERMINATED = 143  # 128 + SIGTERM: stopped by a drain, preemption or deletion; the retry resumes
 
 
 class FailureReason:
@@ -67,6 +68,7 @@ class FailureReason:
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"
     GPUS_UNAVAILABLE = "GpusUnavailable"  # the pod sees fewer GPUs than resources.gpus asked for
     TRAINING_ERROR = "TrainingError"
+    TERMINATED = "Terminated"  # SIGTERM: the pod was stopped; a retry resumes from the last checkpoint
 
 
 class NoticeReason:

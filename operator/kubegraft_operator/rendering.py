@@ -318,6 +318,9 @@ def _resources(spec: TransferJobSpec, gpu_resource: str) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+TERMINATION_GRACE_SECONDS = 60
+
+
 def _pod_failure_policy() -> dict[str, Any]:
     return {
         "rules": [
@@ -424,6 +427,10 @@ def render_job(
         container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": SHM_DIR})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are the Job's (backoffLimit)
+        # On SIGTERM the trainer finishes a checkpoint save in progress and exits 143 within seconds; the
+        # margin covers a big model's checkpoint upload. Drains and preemptions (DisruptionTarget) then do
+        # not count against backoffLimit (podFailurePolicy), and the next pod resumes from the checkpoint.
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         # The trainer never talks to the Kubernetes API. Cloud identities do not need this token: the IRSA,
         # EKS Pod Identity and Azure webhooks project their own, GKE's metadata server needs none.
         "automountServiceAccountToken": False,

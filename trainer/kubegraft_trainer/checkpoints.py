@@ -45,6 +45,7 @@ from kubegraft.spec import StorageSpec, TransferJobSpec
 from kubegraft_trainer.errors import TrainerError
 from kubegraft_trainer.repository import CHECKPOINTS, work_uri
 from kubegraft_trainer.storage import LocalStorage, Storage, open_storage
+from kubegraft_trainer.termination import shielded
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,29 @@ class CheckpointStore:
             frozen_prefix: The cut, when the stage trains the model's suffix on cached prefix activations
                 (``trained`` is then that suffix).
         """
+        with shielded():  # a SIGTERM now is raised after the save: the retry resumes from this epoch
+            self._save_epoch(
+                index,
+                epochs_done,
+                trained,
+                history,
+                early_stopping,
+                best_weights,
+                cached_features,
+                frozen_prefix,
+            )
+
+    def _save_epoch(  # noqa: PLR0917 - save_epoch's arguments, passed on
+        self,
+        index: int,
+        epochs_done: int,
+        trained: keras.Model,
+        history: dict[str, list[float]],
+        early_stopping: dict[str, Any],
+        best_weights: list[np.ndarray[Any, Any]] | None,
+        cached_features: bool,
+        frozen_prefix: str | None,
+    ) -> None:
         stem = f"stage-s{index}-e{epochs_done}"
         weights, optimizer = f"{stem}.weights.npz", f"{stem}.optimizer.npz"
         self._put_weights(trained, weights)
@@ -289,6 +313,10 @@ class CheckpointStore:
             model: The full model after the stage.
             record: The stage's summary (name, history, timings) as written to metrics.json.
         """
+        with shielded():
+            self._finish_stage(index, model, record)
+
+    def _finish_stage(self, index: int, model: keras.Model, record: dict[str, Any]) -> None:
         name = f"model-s{index}.weights.npz"
         self._put_weights(model, name)
         previous_model = self.state.model_weights

@@ -78,6 +78,7 @@ from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
 from kubegraft_trainer.sources import PipelineSource
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
 from kubegraft_trainer.storage import Storage, open_storage
+from kubegraft_trainer.termination import TerminationRequested, on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,9 @@ def train(
         tracker.set_images(ImageCounts(**splits.counts))
         with strategy.scope():
             loaded = load_backbone(spec.model, spec.dataset.image_size, spec.storage, scratch / "backbone")
+            # Seeded again after the downloads: botocore's retry backoff draws its jitter from Python's global
+            # `random`, which Keras seeds its layers from, so a retried request must not change the model.
+            keras.utils.set_random_seed(spec.dataset.seed)
             parts = build_transfer_model(
                 loaded,
                 spec.model.head,
@@ -760,7 +764,8 @@ def main(
             /dev/termination-log.
 
     Returns:
-        The `ExitCode`: SUCCEEDED, INVALID (spec or data wrong, do not retry) or RETRYABLE.
+        The `ExitCode`: SUCCEEDED, INVALID (spec or data wrong, do not retry), RETRYABLE or TERMINATED
+        (SIGTERM: stopped at the next batch boundary; the retry resumes from the last epoch's checkpoint).
     """
     tracker = ProgressTracker()
     server: ProgressServer | None = None
@@ -774,8 +779,15 @@ def main(
             except OSError as exc:
                 log.warning("progress server not started: %s", exc)
         spec = load_spec(spec_path)
-        train(spec, run_id=run_id, tracker=tracker, verbose=verbose, cluster=cluster)
+        with on_sigterm():
+            train(spec, run_id=run_id, tracker=tracker, verbose=verbose, cluster=cluster)
         code = ExitCode.SUCCEEDED
+    except TerminationRequested:
+        done = tracker.snapshot().completed_epochs
+        log.warning("SIGTERM: stopping; a retry resumes from the checkpoint after epoch %d", done)
+        message = f"stopped by SIGTERM after {done} finished epochs; a retry resumes from the last checkpoint"
+        tracker.set_state("failed", reason=FailureReason.TERMINATED, message=message)
+        code = ExitCode.TERMINATED
     except TrainerError as exc:
         log.error("run failed: %s", exc)
         tracker.set_state("failed", reason=exc.reason, message=exc.message)

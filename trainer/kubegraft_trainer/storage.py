@@ -102,6 +102,8 @@ _STREAM_ERRORS = (ReadTimeoutError, IncompleteReadError, ResponseStreamingError,
 _DEFAULT_MAX_ATTEMPTS = 5
 _MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _FAST_MISSES_ALLOWED = 20
+# Answers that say "try again later", not "this path cannot work": they do not count as fast-path misses.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the payload hash of a GET
@@ -535,32 +537,34 @@ class S3Storage:
             signed.append((url, headers))
         return signed
 
-    def _get_fast(self, full_key: str) -> bytes | None:
-        """A SigV4-signed GET on botocore's HTTP session; None on any failure (boto3 redoes it)."""
+    def _get_fast(self, full_key: str) -> tuple[bytes | None, bool]:
+        """A SigV4-signed GET on botocore's HTTP session: the body, or None on any failure (boto3 redoes it);
+        and whether the server answered with a transient error (throttling, 5xx), which says nothing against
+        the fast path."""
         if self._http is None:
-            return None
+            return None, False
         try:
             signed = self._signed_gets([full_key])
             if signed is None:
-                return None
+                return None, False
             ((url, headers),) = signed
             # A plain dict of headers is what urllib3 sends (botocore's stubs ask for its HTTPHeaders).
             request = AWSPreparedRequest("GET", url, headers, None, stream_output=False)  # type: ignore[arg-type]
             response = self._http.send(request)
             if response.status_code != 200:
-                return None
-            return bytes(response.content)
+                return None, response.status_code in _TRANSIENT_STATUSES
+            return bytes(response.content), False
         except (BotoCoreError, OSError):  # botocore wraps urllib3's (SSLError, ProxyConnectionError, ...)
-            return None
+            return None, False
 
     def read_bytes(self, key: str) -> bytes:
         """Return the content of ``key``."""
         full_key = self._key(key)
-        data = self._get_fast(full_key)
+        data, transient = self._get_fast(full_key)
         if data is not None:
             return data
-        data = self._call("read", key, lambda: self._get(full_key))
-        if self._http is not None:
+        data = self._call("read", key, lambda: self._get(full_key))  # botocore's retries and backoff
+        if self._http is not None and not transient:
             # boto3 read what the fast path could not (e.g. a bucket in another region that botocore's
             # redirect handling found): after a few such cases, stop paying for the doomed first try.
             self._fast_misses += 1

@@ -166,7 +166,10 @@ def test_keys_with_spaces_plus_percent_and_unicode_read_through_the_fast_path(
     assert sorted(o.key for o in storage.list()) == sorted(keys)
     for i, key in enumerate(keys):
         assert storage.read_bytes(key) == bytes([i]) * 10
-        assert storage._get_fast(f"odd keys/{key}") == bytes([i]) * 10  # the fast path signs these keys right
+        assert storage._get_fast(f"odd keys/{key}") == (
+            bytes([i]) * 10,
+            False,
+        )  # the fast path signs these keys right
 
 
 def test_discovering_a_missing_prefix_in_s3_is_dataset_not_found(

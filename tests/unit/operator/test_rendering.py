@@ -123,6 +123,15 @@ def test_pod_failure_policy_fails_fast_on_exit_78_and_ignores_disruptions() -> N
     assert ignore["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 
+def test_a_drained_pod_has_the_grace_period_to_exit_143_which_the_job_retries() -> None:
+    job = render_job(transferjob(), 1, 1, CONFIG)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30  # the trainer needs seconds
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    failing = {code for r in rules if r["action"] == "FailJob" for code in r["onExitCodes"]["values"]}
+    assert runtime.ExitCode.TERMINATED not in failing  # counted as a retryable failure, never fatal
+    assert job["spec"]["backoffLimit"] >= 1
+
+
 def test_run_policy_maps_to_job_backoff_deadline_ttl_and_suspend() -> None:
     spec = with_spec(
         runPolicy={
