@@ -52,6 +52,10 @@ class ExitCode(IntEnum):
     SUCCEEDED = 0
     RETRYABLE = 1  # infrastructure trouble (storage timeouts, OOM, preemption): retry within backoffLimit
     INVALID = 78  # EX_CONFIG: the spec or the data is wrong; retrying cannot help
+    # EX_TEMPFAIL: another worker of a multi-worker run failed, so this one stopped too (its collectives were
+    # aborted). Not this pod's fault: the Job's podFailurePolicy ignores it, so that one restart of the pod
+    # set uses one retry (the failed worker's), not one per worker.
+    WORKER_LOST = 75
 
 
 class FailureReason:
@@ -67,6 +71,7 @@ class FailureReason:
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"
     GPUS_UNAVAILABLE = "GpusUnavailable"  # the pod sees fewer GPUs than resources.gpus asked for
     TRAINING_ERROR = "TrainingError"
+    WORKER_LOST = "WorkerLost"  # another worker of the run failed; this one stopped with it (exit 75)
 
 
 class NoticeReason:

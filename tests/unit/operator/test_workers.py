@@ -33,7 +33,7 @@ def test_two_workers_render_one_indexed_job_of_two_pods_with_the_same_spec() -> 
     body = render_job(transferjob(TWO), 3, 1, CONFIG)
     spec = body["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
-    assert spec["backoffLimit"] == 3 * 2  # each of the 3 retries of the pod set may fail both workers
+    assert spec["backoffLimit"] == 3  # one restart of the pod set counts the one worker that failed
     pod_spec = spec["template"]["spec"]
     assert pod_spec["subdomain"] == "flowers-3"
     container = pod_spec["containers"][0]
@@ -54,6 +54,33 @@ def test_one_worker_renders_the_plain_job_without_service_or_worker_settings() -
     assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (1, 1, 3)
     assert "subdomain" not in body["spec"]["template"]["spec"]
     assert runtime.ENV_WORKERS not in _env(body)
+
+
+def test_a_worker_stopped_by_a_lost_peer_uses_no_retry_but_invalid_data_still_fails_the_job() -> None:
+    rules = render_job(transferjob(TWO), 1, 1, CONFIG)["spec"]["podFailurePolicy"]["rules"]
+    by_code = {r["onExitCodes"]["values"][0]: r["action"] for r in rules if "onExitCodes" in r}
+    assert by_code == {runtime.ExitCode.INVALID: "FailJob", runtime.ExitCode.WORKER_LOST: "Ignore"}
+    assert all(r["onExitCodes"]["containerName"] == "trainer" for r in rules if "onExitCodes" in r)
+    assert rules[0]["action"] == "FailJob"  # the first matching rule wins: a bad spec is never retried
+    single = render_job(transferjob(), 1, 1, CONFIG)["spec"]["podFailurePolicy"]["rules"]
+    assert [r["onExitCodes"]["values"] for r in single if "onExitCodes" in r] == [[runtime.ExitCode.INVALID]]
+
+
+def test_a_queued_multi_worker_job_is_what_kueue_admits_as_one_pod_set_of_all_workers() -> None:
+    """Kueue's batch/Job integration: one Workload per Job, one pod set `main` of `parallelism` pods.
+
+    It needs the queue label on the Job, the Job created suspended, parallelism equal to completions (the
+    pod set's count is parallelism) and no partial-admission annotation (`job-min-parallelism`), so Kueue
+    admits all workers or none: MultiWorkerMirroredStrategy cannot start with part of them.
+    """
+    queued = with_spec(**{**TWO, "scheduling": {"queueName": "gpus"}})
+    body = render_job(transferjob(queued), 1, 1, CONFIG)
+    spec = body["spec"]
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert spec["suspend"] is True
+    assert spec["parallelism"] == spec["completions"] == 2
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in body["metadata"].get("annotations", {}))
+    assert spec["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "2"
 
 
 def test_the_worker_service_is_headless_owned_and_selects_exactly_the_runs_pods() -> None:
