@@ -184,3 +184,21 @@ def test_progress_is_read_from_worker_0_only() -> None:
     pods = [_worker(1, running=True, ip="10.0.0.2"), _worker(0, running=True, ip="10.0.0.1")]
     asyncio.run(reconciler.reconcile(transferjob(TWO), [job(1, spec=TWO)], pods, poll=True))
     assert progress.asked == ["10.0.0.1"]
+
+
+def test_the_retry_note_names_the_worker_that_failed_not_the_one_it_took_down() -> None:
+    tj = transferjob(TWO)
+    plan = plan_run(tj, [job(1, spec=TWO, failed=1)], False)
+    lost = {"state": "failed", "reason": "WorkerLost", "message": "worker 0 of 2 lost worker 1"}
+    crashed = _worker(1, exit_code=137, term_reason="Error")
+    chief = _worker(0, exit_code=int(runtime.ExitCode.WORKER_LOST), term_reason="Error", term_message=lost)
+    assert chief.terminated is not None and crashed.terminated is not None
+    # The chief stopped after the crash (seconds later, when its collectives aborted).
+    chief = replace(chief, terminated=replace(chief.terminated, finished_at="2026-01-01T00:05:00Z"))
+    replacement = replace(
+        _worker(1, running=True), name="flowers-1-pod1-again", created="2026-01-01T00:06:00Z"
+    )
+    result = derive_status(tj, plan, [crashed, chief, replacement], None, "2026-01-01T00:07:00Z")
+    assert "last: AttemptFailed: the trainer exited with code 137" in result.summary.message
+    reasons = sorted(e.reason for e in result.events if e.type == "Warning")
+    assert reasons == ["AttemptFailed", "WorkerLost"]  # each failed worker has its Event
