@@ -195,5 +195,9 @@ def run() -> str:
             "between processes) and, for two workers, a second TensorFlow start-up. On this machine the rows "
             "measure the cost of distribution, not a speed-up; a speed-up needs a device (GPU) or a node per "
             "replica.",
+            "",
+            "Few steps per epoch at the default size, so the ratios include per-step overheads more than a "
+            "long run would. With 225 training images (BENCH_WORKERS_PER_CLASS=60) the 2-replica run failed: "
+            "its last batch of 1 image leaves one replica no example (`Incompatible shapes: [0,32,32,3]`).",
         ]
     )
