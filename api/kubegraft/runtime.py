@@ -53,6 +53,10 @@ class ExitCode(IntEnum):
     RETRYABLE = 1  # infrastructure trouble (storage timeouts, OOM, preemption): retry within backoffLimit
     INVALID = 78  # EX_CONFIG: the spec or the data is wrong; retrying cannot help
     TERMINATED = 143  # 128 + SIGTERM: stopped by a drain, preemption or deletion; the retry resumes
+    # EX_TEMPFAIL: another worker of a multi-worker run failed, so this one stopped too (its collectives were
+    # aborted). Not this pod's fault: the Job's podFailurePolicy ignores it, so that one restart of the pod
+    # set uses one retry (the failed worker's), not one per worker.
+    WORKER_LOST = 75
 
 
 class FailureReason:
@@ -69,6 +73,7 @@ class FailureReason:
     GPUS_UNAVAILABLE = "GpusUnavailable"  # the pod sees fewer GPUs than resources.gpus asked for
     TRAINING_ERROR = "TrainingError"
     TERMINATED = "Terminated"  # SIGTERM: the pod was stopped; a retry resumes from the last checkpoint
+    WORKER_LOST = "WorkerLost"  # another worker of the run failed; this one stopped with it (exit 75)
 
 
 class NoticeReason:

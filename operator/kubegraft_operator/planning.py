@@ -289,7 +289,10 @@ def _worker(pod: PodView) -> str:
 
 
 def _last_terminated(pods: Sequence[PodView]) -> tuple[PodView, Terminated] | None:
+    """The pod that ended last, and how; a worker that only stopped because another failed (exit 75,
+    WorkerLost) comes after the others: the failure that caused it is the news."""
     done = [(p, p.terminated) for p in pods if p.terminated is not None]
+    done = [(p, t) for p, t in done if t.exit_code != ExitCode.WORKER_LOST] or done
     if not done:
         return None
     pod, term = max(done, key=lambda pt: (pt[1].finished_at or "", pt[0].created, pt[0].name))

@@ -8,7 +8,10 @@ the API server's 409 tells it the Job is already there. Nothing here reads the c
 Several workers: one Indexed Job (`completions = parallelism = workers`), its pods in the subdomain of a
 headless Service named like the Job, so worker i answers at `<job>-<i>.<job>` (the hostname Kubernetes gives
 an Indexed Job's pod is `<job>-<index>`). Every worker gets the same pod spec; the trainer builds its
-`TF_CONFIG` from `JOB_COMPLETION_INDEX` and the `KUBEGRAFT_WORKER*` variables.
+`TF_CONFIG` from `JOB_COMPLETION_INDEX` and the `KUBEGRAFT_WORKER*` variables. When one worker fails, the
+others stop within seconds with exit code 75 (WorkerLost), which the pod failure policy ignores; the Job
+controller replaces each failed index and the new pod set resumes from the chief's checkpoint. Kueue's
+batch/Job integration sees one Workload with one pod set of `workers` pods, admitted all at once.
 
 The TransferJob's spec travels to the trainer in a ConfigMap (apiVersion, kind, name, namespace and spec;
 never status, never Secret data); S3 credentials travel only as `secretKeyRef`s to the user's own Secret.
@@ -321,22 +324,22 @@ def _resources(spec: TransferJobSpec, gpu_resource: str) -> dict[str, Any]:
 TERMINATION_GRACE_SECONDS = 60
 
 
-def _pod_failure_policy() -> dict[str, Any]:
-    return {
-        "rules": [
-            # The trainer exits 78 when the spec or the data is wrong: retrying cannot help.
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": CONTAINER_NAME,
-                    "operator": "In",
-                    "values": [int(runtime.ExitCode.INVALID)],
-                },
-            },
-            # Preemption, eviction and node drains are not the trainer's fault: they do not use up retries.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]
-    }
+def _pod_failure_policy(workers: int) -> dict[str, Any]:
+    def on_exit_code(action: str, code: runtime.ExitCode) -> dict[str, Any]:
+        return {
+            "action": action,
+            "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": [int(code)]},
+        }
+
+    # The trainer exits 78 when the spec or the data is wrong: retrying cannot help.
+    rules = [on_exit_code("FailJob", runtime.ExitCode.INVALID)]
+    if workers > 1:
+        # A worker that stopped because another one failed (exit 75, WorkerLost) is not charged a retry: one
+        # restart of the pod set costs the one failure that caused it.
+        rules.append(on_exit_code("Ignore", runtime.ExitCode.WORKER_LOST))
+    # Preemption, eviction and node drains are not the trainer's fault: they do not use up retries.
+    rules.append({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]})
+    return {"rules": rules}
 
 
 def _scheduling_fields(scheduling: SchedulingSpec) -> dict[str, Any]:
@@ -454,12 +457,12 @@ def render_job(
     job_spec: dict[str, Any] = {
         "completions": workers,
         "parallelism": workers,
-        # A failed worker takes the others down with it (their collectives abort): one retry of the pod set
-        # can fail every worker, so each of runPolicy.backoffLimit retries may use `workers` failures.
-        "backoffLimit": policy.backoff_limit * workers,
+        # A failed worker takes the others down with it: they exit WORKER_LOST, which podFailurePolicy
+        # ignores, and the Job replaces every failed index. So a retry of the pod set counts one failure.
+        "backoffLimit": policy.backoff_limit,
         # Kueue admits a queued Job by unsuspending it, so it is created suspended.
         "suspend": bool(policy.suspend or scheduling.queue_name),
-        "podFailurePolicy": _pod_failure_policy(),
+        "podFailurePolicy": _pod_failure_policy(workers),
         "template": {
             # The spec's own labels and annotations first: the operator's (selection, bookkeeping) win.
             "metadata": {

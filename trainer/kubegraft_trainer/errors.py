@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kubegraft.runtime import ExitCode, FailureReason
 
-__all__ = ["FailureReason", "TrainerError"]
+__all__ = ["FailureReason", "TrainerError", "WorkerLostError"]
 
 
 class TrainerError(Exception):
@@ -39,3 +39,22 @@ class TrainerError(Exception):
 
 def _rebuild(reason: str, message: str, retryable: bool) -> TrainerError:
     return TrainerError(reason, message, retryable=retryable)
+
+
+class WorkerLostError(TrainerError):
+    """Another worker of a multi-worker run failed, and this one stopped with it (reason WorkerLost).
+
+    Retryable, with its own exit code (`ExitCode.WORKER_LOST`) that the Job's podFailurePolicy ignores: the
+    retry is charged to the worker that failed, not to every worker it took down.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.WORKER_LOST, message, retryable=True)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """`ExitCode.WORKER_LOST`."""
+        return ExitCode.WORKER_LOST
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (WorkerLostError, (self.message,))

@@ -11,6 +11,12 @@ tensorflow/tensorflow#72388: "Attempt to convert a value (PerReplica...)"):
    axis=0)`, which refuses scalars: `install_keras_fixes` reduces scalars across replicas with `axis=None`.
    It changes nothing unless the strategy spans several workers.
 
+When a worker fails (a crash, an OOM kill, a lost node), the others cannot go on: their collectives abort
+within seconds (TensorFlow's coordination service misses the worker's heartbeats, or gRPC cannot reach it)
+and `model.fit` raises. `lost_worker` recognises that error, so the trainer exits with
+`ExitCode.WORKER_LOST` (reason WorkerLost, naming the lost worker) instead of an unexplained TrainingError;
+the Job replaces every failed index, and the new pod set resumes together from the chief's last checkpoint.
+
 The dataset rule: every worker reads the same sequence (same seed) and keeps its share
 (`AutoShardPolicy.DATA`); a dataset not backed by files would fall back to that with a warning, this says it
 outright.
@@ -18,13 +24,23 @@ outright.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
+from kubegraft_trainer.cluster import WorkerCluster
+from kubegraft_trainer.errors import WorkerLostError
+
 _INSTALLED = False
+
+# A task in TensorFlow's words: "/job:worker/replica:0/task:1" (or "/job:worker/task:1").
+_TASK = re.compile(r"/job:worker(?:/replica:\d+)?/task:(\d+)")
+# What an aborted collective or the coordination service says when a peer is gone or restarted.
+_PEER_MARKERS = ("collective ops is aborted", "unhealthy", "coordination service", "heartbeat")
+_DETAIL_CHARS = 240
 
 
 def _rank(value: Any) -> int | None:
@@ -76,3 +92,50 @@ def array_dataset(x: Any, y: Any, batch_size: int, *, shuffle: bool, seed: int) 
     if shuffle:
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return distributable(dataset.batch(batch_size))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _detail(message: str) -> str:
+    """The line of a TensorFlow error that says why (after "aborted by:"), else its last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "aborted by:" in line:
+            return line.split("aborted by:", 1)[1].strip()[:_DETAIL_CHARS]
+    return (lines[-1] if lines else "")[:_DETAIL_CHARS]
+
+
+def lost_worker(exc: BaseException, cluster: WorkerCluster) -> WorkerLostError | None:
+    """The `WorkerLostError` for `exc` when it says another worker failed, else None.
+
+    TensorFlow raises `UnavailableError` when a peer stops answering (crashed, killed, its node lost), and
+    other `OpError`s (aborted, failed precondition) when it was restarted under the same address; both name
+    the peer as ``/job:worker/replica:0/task:<i>``. An error with neither mark is this worker's own.
+
+    Args:
+        exc: What the run raised (its causes are looked at too).
+        cluster: This worker's cluster.
+    """
+    for error in _chain(exc):
+        if not isinstance(error, tf.errors.OpError):
+            continue
+        text = str(error.message)
+        if not (
+            isinstance(error, tf.errors.UnavailableError)
+            or any(marker in text.lower() for marker in _PEER_MARKERS)
+        ):
+            continue
+        peers = sorted({int(i) for i in _TASK.findall(text)} - {cluster.index})
+        who = " and ".join(f"worker {i}" for i in peers) if peers else "another worker"
+        return WorkerLostError(
+            f"worker {cluster.index} of {cluster.workers} lost {who} ({type(error).__name__}: "
+            f"{_detail(text)}); every worker restarts and resumes from the run's last checkpoint"
+        )
+    return None

@@ -62,6 +62,7 @@ from kubegraft_trainer.gate import compare_with_published, decide
 from kubegraft_trainer.health import SPREAD_SAMPLE, check_backbone_health
 from kubegraft_trainer.inference import warm_while
 from kubegraft_trainer.model import TransferModel, build_transfer_model, trainable_summary
+from kubegraft_trainer.multiworker import lost_worker
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.pixels import split_pixels
 from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
@@ -764,8 +765,9 @@ def main(
             /dev/termination-log.
 
     Returns:
-        The `ExitCode`: SUCCEEDED, INVALID (spec or data wrong, do not retry), RETRYABLE or TERMINATED
-        (SIGTERM: stopped at the next batch boundary; the retry resumes from the last epoch's checkpoint).
+        The `ExitCode`: SUCCEEDED, INVALID (spec or data wrong, do not retry), RETRYABLE, WORKER_LOST
+        (another worker of the run failed, so this one stopped too) or TERMINATED (SIGTERM: stopped at
+        the next batch boundary; the retry resumes from the last epoch's checkpoint).
     """
     tracker = ProgressTracker()
     server: ProgressServer | None = None
@@ -780,7 +782,13 @@ def main(
                 log.warning("progress server not started: %s", exc)
         spec = load_spec(spec_path)
         with on_sigterm():
-            train(spec, run_id=run_id, tracker=tracker, verbose=verbose, cluster=cluster)
+            try:
+                train(spec, run_id=run_id, tracker=tracker, verbose=verbose, cluster=cluster)
+            except Exception as exc:  # another worker failed: say which, exit so that the pod set restarts
+                lost = lost_worker(exc, cluster) if cluster is not None else None
+                if lost is None:
+                    raise
+                raise lost from exc
         code = ExitCode.SUCCEEDED
     except TerminationRequested:
         done = tracker.snapshot().completed_epochs

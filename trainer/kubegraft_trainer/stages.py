@@ -576,8 +576,10 @@ class StageRunner:
         if checkpoint is None or checkpoint.cached_features != cached or checkpoint.frozen_prefix != cut:
             return 0, {}, None, None
         # Optimizer first: Keras weight files hold the optimizer's variables too, and load only into a built
-        # optimizer of the same shape.
-        restore_optimizer(trained, self.store.load_arrays(checkpoint.optimizer))
+        # optimizer of the same shape. Its variables are created here, so under the run's strategy (a
+        # MirroredStrategy or the multi-worker one refuses them outside its scope).
+        with self.strategy.scope():
+            restore_optimizer(trained, self.store.load_arrays(checkpoint.optimizer))
         self.store.load_weights(trained, checkpoint.weights)
         best = self.store.load_arrays(checkpoint.best) if checkpoint.best else None
         log.info("stage %s resumes after epoch %d", name, checkpoint.epochs_done)

@@ -33,7 +33,7 @@ def test_two_workers_render_one_indexed_job_of_two_pods_with_the_same_spec() -> 
     body = render_job(transferjob(TWO), 3, 1, CONFIG)
     spec = body["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
-    assert spec["backoffLimit"] == 3 * 2  # each of the 3 retries of the pod set may fail both workers
+    assert spec["backoffLimit"] == 3  # one restart of the pod set counts the one worker that failed
     pod_spec = spec["template"]["spec"]
     assert pod_spec["subdomain"] == "flowers-3"
     container = pod_spec["containers"][0]
@@ -54,6 +54,33 @@ def test_one_worker_renders_the_plain_job_without_service_or_worker_settings() -
     assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (1, 1, 3)
     assert "subdomain" not in body["spec"]["template"]["spec"]
     assert runtime.ENV_WORKERS not in _env(body)
+
+
+def test_a_worker_stopped_by_a_lost_peer_uses_no_retry_but_invalid_data_still_fails_the_job() -> None:
+    rules = render_job(transferjob(TWO), 1, 1, CONFIG)["spec"]["podFailurePolicy"]["rules"]
+    by_code = {r["onExitCodes"]["values"][0]: r["action"] for r in rules if "onExitCodes" in r}
+    assert by_code == {runtime.ExitCode.INVALID: "FailJob", runtime.ExitCode.WORKER_LOST: "Ignore"}
+    assert all(r["onExitCodes"]["containerName"] == "trainer" for r in rules if "onExitCodes" in r)
+    assert rules[0]["action"] == "FailJob"  # the first matching rule wins: a bad spec is never retried
+    single = render_job(transferjob(), 1, 1, CONFIG)["spec"]["podFailurePolicy"]["rules"]
+    assert [r["onExitCodes"]["values"] for r in single if "onExitCodes" in r] == [[runtime.ExitCode.INVALID]]
+
+
+def test_a_queued_multi_worker_job_is_what_kueue_admits_as_one_pod_set_of_all_workers() -> None:
+    """Kueue's batch/Job integration: one Workload per Job, one pod set `main` of `parallelism` pods.
+
+    It needs the queue label on the Job, the Job created suspended, parallelism equal to completions (the
+    pod set's count is parallelism) and no partial-admission annotation (`job-min-parallelism`), so Kueue
+    admits all workers or none: MultiWorkerMirroredStrategy cannot start with part of them.
+    """
+    queued = with_spec(**{**TWO, "scheduling": {"queueName": "gpus"}})
+    body = render_job(transferjob(queued), 1, 1, CONFIG)
+    spec = body["spec"]
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert spec["suspend"] is True
+    assert spec["parallelism"] == spec["completions"] == 2
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in body["metadata"].get("annotations", {}))
+    assert spec["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "2"
 
 
 def test_the_worker_service_is_headless_owned_and_selects_exactly_the_runs_pods() -> None:
@@ -157,3 +184,21 @@ def test_progress_is_read_from_worker_0_only() -> None:
     pods = [_worker(1, running=True, ip="10.0.0.2"), _worker(0, running=True, ip="10.0.0.1")]
     asyncio.run(reconciler.reconcile(transferjob(TWO), [job(1, spec=TWO)], pods, poll=True))
     assert progress.asked == ["10.0.0.1"]
+
+
+def test_the_retry_note_names_the_worker_that_failed_not_the_one_it_took_down() -> None:
+    tj = transferjob(TWO)
+    plan = plan_run(tj, [job(1, spec=TWO, failed=1)], False)
+    lost = {"state": "failed", "reason": "WorkerLost", "message": "worker 0 of 2 lost worker 1"}
+    crashed = _worker(1, exit_code=137, term_reason="Error")
+    chief = _worker(0, exit_code=int(runtime.ExitCode.WORKER_LOST), term_reason="Error", term_message=lost)
+    assert chief.terminated is not None and crashed.terminated is not None
+    # The chief stopped after the crash (seconds later, when its collectives aborted).
+    chief = replace(chief, terminated=replace(chief.terminated, finished_at="2026-01-01T00:05:00Z"))
+    replacement = replace(
+        _worker(1, running=True), name="flowers-1-pod1-again", created="2026-01-01T00:06:00Z"
+    )
+    result = derive_status(tj, plan, [crashed, chief, replacement], None, "2026-01-01T00:07:00Z")
+    assert "last: AttemptFailed: the trainer exited with code 137" in result.summary.message
+    reasons = sorted(e.reason for e in result.events if e.type == "Warning")
+    assert reasons == ["AttemptFailed", "WorkerLost"]  # each failed worker has its Event
