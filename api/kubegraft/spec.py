@@ -425,6 +425,15 @@ class OutputSpec(ApiModel):
             "a new version (condition Published=False, reason BelowMinimum). Default: no minimum."
         ),
     )
+    tensorboard: bool = Field(
+        True,
+        description=(
+            "Write TensorBoard event files as the run goes (per epoch of every stage and search candidate: "
+            "loss, accuracy, val_loss, val_accuracy, learning_rate, images_per_second; then the test "
+            "metrics) to <parent>/.kubegraft/<name>/tensorboard/<run id>/, beside the model repository, "
+            "never in it. Default true."
+        ),
+    )
 
 
 class SecretRef(ApiModel):

@@ -4,7 +4,8 @@ TF Serving and KServe take ``output.uri`` as a model base path: TF Serving serve
 and KServe's storage initializer copies *every* object whose key starts with the URI's key (a plain string
 prefix: ``models/cars`` also matches ``models/cars-runs/...``). So the base path holds nothing but versions
 ``<n>/``, and what a run writes besides (checkpoints, the staged upload, the report of a run that published
-nothing) lives in the work area `work_uri`: ``.kubegraft/<name>/`` beside the output, in its parent folder.
+nothing, TensorBoard's event files) lives in the work area `work_uri`: ``.kubegraft/<name>/`` beside the
+output, in its parent folder.
 
 Publishing (`publish`) is crash-safe for servers: on S3 the version is uploaded into the work area first
 (the slow part), then copied inside the object store into ``<n>/`` (variables first, ``saved_model.pb``
@@ -41,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 STAGING = "staging"
 CLAIMS = "publishing"
 REPORTS = "reports"
+TENSORBOARD = "tensorboard"
 # An incomplete version this old is a crashed copy of another run (a server-side copy takes seconds).
 STALE_SECONDS = 600.0
 _LAST_MODEL_FILE = "saved_model.pb"
@@ -69,6 +71,14 @@ def work_uri(output_uri: str) -> str:
     scheme = "file://" if output_uri.startswith("file://") else ""
     path = PurePosixPath(output_uri.removeprefix(scheme))
     return f"{scheme}{path.parent / WORK_DIR / path.name}"
+
+
+def tensorboard_uri(output_uri: str, run_id: str) -> str:
+    """A run's TensorBoard folder, ``<work area>/tensorboard/<run id>`` (`kubegraft_trainer.tensorboard_log`).
+
+    ``tensorboard --logdir <work area>/tensorboard`` shows every run of the output, one folder per run id.
+    """
+    return f"{work_uri(output_uri)}/{TENSORBOARD}/{run_id}"
 
 
 def work_storage(output_uri: str, storage: StorageSpec) -> Storage:

@@ -74,11 +74,18 @@ from kubegraft_trainer.report import (
     evaluate,
     write_report,
 )
-from kubegraft_trainer.repository import publish, published_by, save_report, work_storage
+from kubegraft_trainer.repository import (
+    publish,
+    published_by,
+    save_report,
+    tensorboard_uri,
+    work_storage,
+)
 from kubegraft_trainer.search import CandidateHook, SearchOutcome, search_recipe
 from kubegraft_trainer.sources import PipelineSource
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
 from kubegraft_trainer.storage import Storage, open_storage
+from kubegraft_trainer.tensorboard_log import TEST_RUN, TensorBoardLog
 from kubegraft_trainer.termination import TerminationRequested, on_sigterm
 
 log = logging.getLogger(__name__)
@@ -187,10 +194,11 @@ def train(
     started = time.monotonic()
     tracker = tracker or ProgressTracker()
     run_id = run_id or os.environ.get(ENV_RUN_ID) or default_run_id(spec)
+    chief = cluster is None or cluster.chief
+    board = _open_tensorboard(spec, run_id, chief=chief)
     scratch = workdir or _scratch_dir()
     own_scratch = workdir is None
     timings: dict[str, float] = {}
-    chief = cluster is None or cluster.chief
     tracker.set_state("loading")
     try:
         # First: logical devices and a multi-worker strategy must be set before TensorFlow starts.
@@ -226,6 +234,7 @@ def train(
             verbose=verbose,
             extra_callbacks=extra_callbacks,
             chief=chief,
+            tensorboard=board,
         )
         parts, records = trained.parts, trained.runner.records
         if not chief:  # the chief evaluates and publishes what all of them trained
@@ -239,6 +248,7 @@ def train(
         quality = _report_transfer_gain(
             trained.baseline, trained.transfer_accuracy, tracker, published=test["accuracy"]
         )
+        _write_test_scalars(board, records, test, quality)
 
         phase = time.monotonic()
         build = scratch / "version"
@@ -278,8 +288,38 @@ def train(
         console(f"published {model_uri or 'nothing'} test_accuracy={test['accuracy']}", model_uri=model_uri)
         return RunResult(run_id, version, model_uri, list(splits.classes), records, metrics, parts)
     finally:
+        if board is not None:
+            board.close()
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _open_tensorboard(spec: TransferJobSpec, run_id: str, *, chief: bool) -> TensorBoardLog | None:
+    """The run's TensorBoard log ``<work area>/tensorboard/<run id>/``: the chief's, if output.tensorboard."""
+    if not chief or not spec.output.tensorboard:
+        return None
+    return TensorBoardLog(tensorboard_uri(spec.output.uri, run_id), spec.storage)
+
+
+def _write_test_scalars(
+    board: TensorBoardLog | None,
+    records: Sequence[StageRecord],
+    test: dict[str, Any],
+    quality: dict[str, Any],
+) -> None:
+    """The final test metrics as TensorBoard run ``test_metrics``, at the step of the epochs trained."""
+    if board is None:
+        return
+    values = {
+        "test_accuracy": test.get("accuracy"),
+        "test_loss": test.get("loss"),
+        "baseline_accuracy": quality.get("baseline_accuracy"),
+        "transfer_gain": quality.get("transfer_gain"),
+    }
+    scalars = {tag: float(v) for tag, v in values.items() if v is not None and np.isfinite(v)}
+    writer = board.run(TEST_RUN)
+    writer.write_missing(sum(r.epochs_run for r in records), scalars)
+    writer.upload()
 
 
 def _run_record(
@@ -409,14 +449,20 @@ def _train_and_predict(
     verbose: int,
     extra_callbacks: Sequence[keras.callbacks.Callback],
     chief: bool = True,
+    tensorboard: TensorBoardLog | None = None,
 ) -> Trained:
-    """`train_on_source` over the data set's images; storage failures behind TensorFlow errors surface."""
+    """`train_on_source` over the data set's images; storage failures behind TensorFlow errors surface.
+
+    A fresh run (nothing in its checkpoint folder) clears the TensorBoard folder of its id first.
+    """
     remote = spec.dataset.uri.startswith("s3://")
     cache = DiskCache(scratch / "images", _DISK_CACHE_BYTES) if remote else None
     data_storage = open_storage(spec.dataset.uri, spec.storage)
     with ImageLoader(data_storage, cache=cache) as loader:  # threads and batch suit the storage
         source = PipelineSource(splits, loader, parts.image_size)
         store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec), writable=chief)
+        if tensorboard is not None and next(iter(store.storage.list("")), None) is None:
+            tensorboard.reset()
         try:
             trained = train_on_source(
                 spec,
@@ -432,6 +478,7 @@ def _train_and_predict(
                 verbose=verbose,
                 extra_callbacks=extra_callbacks,
                 evaluate=chief,
+                tensorboard=tensorboard,
             )
         except tf.errors.OpError:
             if loader.failure is not None:
@@ -458,6 +505,7 @@ def train_on_source(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     on_candidate: CandidateHook | None = None,
     evaluate: bool = True,
+    tensorboard: TensorBoardLog | None = None,
 ) -> Trained:
     """Check backbone health, train (stages, or strategy auto's search), predict test, fit the baseline.
 
@@ -478,6 +526,7 @@ def train_on_source(
         on_candidate: With strategy auto, called with each trained candidate (benchmarks score them).
         evaluate: Predict the test split and fit the baseline (False on a worker that is not the chief: the
             arrays and the baseline's record come back empty).
+        tensorboard: Where the stages' (or candidates') epochs go as TensorBoard runs (None: nowhere).
 
     Returns:
         What training produced (``skipped`` empty: the caller's loader knows).
@@ -500,6 +549,7 @@ def train_on_source(
             extra_callbacks=extra_callbacks,
             on_candidate=on_candidate,
             checkpoints=store,
+            tensorboard=tensorboard,
         )
         parts, runner = search.parts, search.runner
         epochs = sum(c.epochs for c in search.candidates)
@@ -534,6 +584,7 @@ def train_on_source(
             verbose=verbose,
             extra_callbacks=extra_callbacks,
             after_stage=after_stage,
+            tensorboard=tensorboard,
         )
         runner.run_all()
     timings["train"] = time.monotonic() - phase

@@ -51,6 +51,7 @@ from kubegraft_trainer.model import TransferModel, backbone_layers, build_transf
 from kubegraft_trainer.progress import ProgressTracker
 from kubegraft_trainer.selection import Selection, select_published
 from kubegraft_trainer.stages import ImageSource, StageRecord, StageRunner, predict_split
+from kubegraft_trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +395,7 @@ class _Context:
     initial: list[np.ndarray[Any, Any]]
     deadline: float
     split: str
+    tensorboard: TensorBoardLog | None = None
 
 
 def _run_candidate(
@@ -434,6 +436,7 @@ def _run_candidate(
         strategy=ctx.strategy,
         verbose=ctx.verbose,
         extra_callbacks=[*ctx.extra_callbacks, guard],
+        tensorboard=ctx.tensorboard.child(f"search-{name}") if ctx.tensorboard is not None else None,
     )
     # scikit-learn's fit of the linear classifier: BLAS's thread pool only adds overhead for a few hundred
     # images on busy cores (20x the CPU time measured for the pixel baseline, kubegraft_trainer.baseline).
@@ -466,6 +469,7 @@ def search_recipe(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     on_candidate: CandidateHook | None = None,
     checkpoints: CheckpointStore | None = None,
+    tensorboard: TensorBoardLog | None = None,
 ) -> SearchOutcome:
     """Train the candidates on the training split, score them on the validation split, keep the best.
 
@@ -490,6 +494,7 @@ def search_recipe(
         on_candidate: Called after each candidate with its name, result and trained model (the bench scores
             every candidate on its test set with it; the choice never sees those scores).
         checkpoints: The run's checkpoint store; None checkpoints nothing (a restart starts over).
+        tensorboard: The run's TensorBoard log: each candidate's stages go to ``search-<candidate>/<stage>``.
 
     Returns:
         The `SearchOutcome`.
@@ -513,6 +518,7 @@ def search_recipe(
         initial=[np.array(w) for w in loaded.model.get_weights()],
         deadline=started + 60.0 * budget.minutes - spent_before,
         split="validation" if source.count("validation") > 0 else "train",
+        tensorboard=tensorboard,
     )
     queue = candidate_specs(spec, len(backbone_layers(loaded.model)))
     results: list[CandidateResult] = []

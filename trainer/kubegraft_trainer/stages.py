@@ -65,6 +65,7 @@ from kubegraft_trainer.model import (
 from kubegraft_trainer.multiworker import array_dataset, distributable, is_multi_worker
 from kubegraft_trainer.progress import ProgressCallback, ProgressTracker
 from kubegraft_trainer.sources import DEFAULT_MEMORY_BUDGET
+from kubegraft_trainer.tensorboard_log import RunWriter, TensorBoardCallback, TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,7 @@ class StageRunner:
             step starts); it may change the model's weights.
         restore_on_regression: The guard-rail: put back the previous weights when a stage's best validation
             accuracy ends below the best before it.
+        tensorboard: Where each step's epochs go as a TensorBoard run of the step's name (None: nowhere).
     """
 
     def __init__(
@@ -414,6 +416,7 @@ class StageRunner:
         extra_callbacks: Sequence[keras.callbacks.Callback] = (),
         after_stage: Callable[[StageRecord], None] | None = None,
         restore_on_regression: bool = True,
+        tensorboard: TensorBoardLog | None = None,
     ) -> None:
         self.parts = parts
         self.spec = spec
@@ -425,6 +428,7 @@ class StageRunner:
         self.extra_callbacks = list(extra_callbacks)
         self.after_stage = after_stage
         self.restore_on_regression = restore_on_regression
+        self.tensorboard = tensorboard
         self.stages = spec.resolved_stages()
         self.linear = spec.classifier == "linear"
         self.features = FeatureCache(parts, source)
@@ -487,8 +491,23 @@ class StageRunner:
         if best is not None and np.isfinite(best):
             self._best = (float(best), record.name)
 
+    def _board(self, name: str) -> RunWriter | None:
+        """The TensorBoard run of step ``name``, if the runner writes TensorBoard events."""
+        return self.tensorboard.run(name) if self.tensorboard is not None else None
+
     def _finish(self, record: StageRecord) -> StageRecord:
-        """After a step: update the best so far and call the ``after_stage`` hook."""
+        """After a step: its epochs no TensorBoard file holds yet, the best so far, the ``after_stage`` hook.
+
+        A step restored as finished from a checkpoint, or the linear fit, is written to TensorBoard here;
+        a stage that trained now wrote its epochs as they ended (this writes none of them again).
+        """
+        board = self._board(record.name)
+        if board is not None:
+            rates = {s.name: s.learning_rate for s in self.stages}
+            board.backfill(
+                record.history, learning_rate=rates.get(record.name), epoch_seconds=record.epoch_seconds
+            )
+            board.upload()
         self._note_best(record)
         if self.after_stage is not None:
             self.after_stage(record)
@@ -767,10 +786,14 @@ class StageRunner:
             monitor = monitor_for(stage.early_stopping, has_validation)
             es = ResumableEarlyStopping(stage.early_stopping, monitor, es_state, best)
         progress = ProgressCallback(self.tracker, images)
+        board = self._board(stage.name)
+        if board is not None and initial_epoch:  # what the checkpoint holds and no event file does yet
+            board.backfill(history, learning_rate=stage.learning_rate, images=images)
         callbacks: list[keras.callbacks.Callback] = [
             *([es] if es is not None else []),
             EpochCheckpoint(self.store, index, history, es, cached_features=cached, frozen_prefix=cut),
-            progress,
+            progress,  # after the checkpoint, as TensorBoard's events: an epoch is written once it is saved
+            *([TensorBoardCallback(board, images, progress.epoch_seconds)] if board is not None else []),
             *self.extra_callbacks,
         ]
         if initial_epoch < stage.epochs and not (es_state and es_state.get("stopped")):

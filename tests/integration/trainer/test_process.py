@@ -97,7 +97,8 @@ def test_run_from_s3_publishes_to_s3_and_predict_reads_the_latest_complete_versi
         assert f"models/8/{name}" in keys, name  # 7 is being written (fresh, incomplete): skipped, never read
     served = [k for k in keys if k.startswith("models")]  # what KServe's storage initializer would copy
     assert all(k.split("/")[1].isdigit() for k in served), served  # only versions in the base path
-    assert not [k for k in keys if k.startswith(".kubegraft/models/")]  # checkpoints and staging cleaned up
+    work = [k for k in keys if k.startswith(".kubegraft/models/")]  # checkpoints and staging cleaned up
+    assert all(k.startswith(".kubegraft/models/tensorboard/") for k in work), work  # TensorBoard's stay
 
     image = tmp_path / "trouser.png"
     image.write_bytes((transfer_images / "Trouser").iterdir().__next__().read_bytes())
