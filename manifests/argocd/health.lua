@@ -1,10 +1,13 @@
 -- Argo CD health check for kubegraft.io/TransferJob (resource.customizations.health.kubegraft.io_TransferJob).
+-- The order follows kstatus (what Flux reads), so both tools agree on every status:
+--   metadata.deletionTimestamp set (being deleted)                            -> Progressing
 --   no status yet, or status.observedGeneration < metadata.generation (stale) -> Progressing
 --   Suspended condition True (or phase Suspended)                             -> Suspended
+--   Reconciling condition True (the first of the two in the list)             -> Progressing
+--   Stalled condition True (the first of the two in the list)                 -> Degraded
 --   Failed condition True (or phase Failed)                                   -> Degraded
 --   Succeeded condition True (or phase Succeeded)                             -> Healthy
---   Stalled condition True                                                    -> Degraded
---   anything else (Pending, Running, Reconciling)                             -> Progressing
+--   anything else (Pending, Running)                                          -> Progressing
 local hs = {}
 
 local function condition(status, condition_type)
@@ -32,6 +35,12 @@ local function message_of(status, condition_type, fallback)
   return fallback
 end
 
+if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "The TransferJob is being deleted (since " .. tostring(obj.metadata.deletionTimestamp) .. ")"
+  return hs
+end
+
 local status = obj.status
 if status == nil then
   hs.status = "Progressing"
@@ -55,6 +64,22 @@ if is_true(status, "Suspended") or phase == "Suspended" then
   return hs
 end
 
+-- As kstatus: the first of Reconciling / Stalled that is True, in the order of the list, decides.
+if status.conditions ~= nil then
+  for _, c in ipairs(status.conditions) do
+    if c.type == "Reconciling" and c.status == "True" then
+      hs.status = "Progressing"
+      hs.message = message_of(status, "Reconciling", "The TransferJob is being reconciled")
+      return hs
+    end
+    if c.type == "Stalled" and c.status == "True" then
+      hs.status = "Degraded"
+      hs.message = message_of(status, "Stalled", "The TransferJob is stalled")
+      return hs
+    end
+  end
+end
+
 if is_true(status, "Failed") or phase == "Failed" then
   hs.status = "Degraded"
   hs.message = message_of(status, "Failed", "The training run failed")
@@ -68,12 +93,6 @@ if is_true(status, "Succeeded") or phase == "Succeeded" then
     fallback = "Model published at " .. status.modelUri
   end
   hs.message = message_of(status, "Succeeded", fallback)
-  return hs
-end
-
-if is_true(status, "Stalled") then
-  hs.status = "Degraded"
-  hs.message = message_of(status, "Stalled", "The TransferJob is stalled")
   return hs
 end
 

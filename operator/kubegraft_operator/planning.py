@@ -505,9 +505,14 @@ def _progress_message(run: int, progress: TrainingProgress | None) -> str:
 
 
 def desired_conditions(summary: Summary) -> list[DesiredCondition]:
-    """The six conditions of a summary (kstatus: Reconciling while under way, Stalled when stuck/failed)."""
+    """The six conditions of a summary (kstatus: Reconciling while under way, Stalled when stuck/failed).
+
+    Reconciling and Stalled are never both True: kstatus (Flux) reads the first True one of the two in the
+    list, so a stuck Pending run with Reconciling True would be "in progress" for Flux and Degraded for Argo
+    CD. A stuck run is Stalled only; Reconciling turns True again when it moves on.
+    """
     phase, reason, message = summary.phase, summary.reason, summary.message
-    active = phase in ("Pending", "Running")
+    active = phase in ("Pending", "Running") and not summary.stalled
     return [
         DesiredCondition(ConditionType.READY, phase == "Succeeded", reason, message),
         DesiredCondition(ConditionType.RECONCILING, active, reason, message),

@@ -38,6 +38,7 @@ from typing import Any, Self, TypeVar
 import pytest
 
 from tests.harness.emulator import ApiError
+from tests.harness.faults import STATS_PATH, FaultPlan
 from tests.harness.kubelet import ImagePredicate, TestKubelet
 
 __all__ = ["ApiError", "Cluster", "OperatorProcess", "cluster"]
@@ -127,6 +128,8 @@ class Cluster:
         node_labels: extra labels of the test node (for pods' nodeSelector).
         node_taints: taints of the test node, e.g. [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}].
         namespace: the kubeconfig's default namespace.
+        faults: serve the API a second time through `tests.harness.faults` with this plan; operators started
+            by `start_operator` talk to that faulty port (`operator_kubeconfig`), everything else does not.
     """
 
     def __init__(
@@ -140,11 +143,15 @@ class Cluster:
         namespace: str = "default",
         node_labels: Mapping[str, str] | None = None,
         node_taints: Sequence[Mapping[str, str]] | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.namespace = namespace
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
         self.url = ""
+        self.faults = faults
+        self.faulty_url = ""
+        self.operator_kubeconfig = self.kubeconfig
         self._gpus = gpus
         self._pullable_images = pullable_images
         self._pod_env = dict(pod_env or {})
@@ -190,6 +197,7 @@ class Cluster:
                     str(ready),
                     "--pod-logs-dir",
                     str(self.workdir / "kubelet"),
+                    *(["--faults", self.faults.to_json()] if self.faults is not None else []),
                 ],
                 cwd=REPO_ROOT,
                 env=_python_env(),
@@ -202,8 +210,13 @@ class Cluster:
                 self.stop()
                 raise RuntimeError(f"the emulator did not start:\n{self.emulator_log.read_text()[-4000:]}")
             time.sleep(0.05)
-        self.url = ready.read_text().strip()
-        self._write_kubeconfig()
+        urls = ready.read_text().split()
+        self.url = urls[0]
+        self._write_kubeconfig(self.kubeconfig, self.url)
+        if self.faults is not None:
+            self.faulty_url = urls[1]
+            self.operator_kubeconfig = self.workdir / "operator-kubeconfig.yaml"
+            self._write_kubeconfig(self.operator_kubeconfig, self.faulty_url)
         if self._start_kubelet:
             self._kubelet = TestKubelet(
                 self.url,
@@ -242,11 +255,11 @@ class Cluster:
                     self._emulator.wait()
             self._emulator = None
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path, url: str) -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "kubegraft-test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "kubegraft-test", "cluster": {"server": url}}],
             # A token so that clients which insist on credentials (kopf's login) find some; nothing checks it.
             "users": [{"name": "kubegraft-test", "user": {"token": "kubegraft-test-token"}}],
             "contexts": [
@@ -261,7 +274,19 @@ class Cluster:
             ],
             "current-context": "kubegraft-test",
         }
-        self.kubeconfig.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+
+    def fault_tally(self) -> JsonObj:
+        """What the faulty port injected and what was created through it (`faults.FaultTally.as_json`).
+
+        Raises:
+            RuntimeError: when the cluster runs without faults.
+        """
+        if not self.faulty_url:
+            raise RuntimeError("this cluster serves no faulty port (Cluster(faults=None))")
+        with urllib.request.urlopen(self.faulty_url + STATS_PATH, timeout=30) as response:
+            tally: JsonObj = json.loads(response.read())
+            return tally
 
     # -- clients ------------------------------------------------------------------------------------------
 
@@ -505,7 +530,7 @@ class Cluster:
     def start_operator(
         self, *args: str, env: Mapping[str, str] | None = None, log_name: str | None = None
     ) -> OperatorProcess:
-        """Start `python -m kopf run <args>` against this cluster (default: the kubegraft operator).
+        """Start `python -m kopf run <args>` against this cluster (its faulty port when it has `faults`).
 
         Args:
             args: `kopf run` arguments; default `--all-namespaces --verbose -m kubegraft_operator.main`.
@@ -518,7 +543,7 @@ class Cluster:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "kopf", "run", *run_args],
                 cwd=REPO_ROOT,
-                env=self.env(env),
+                env={**self.env(env), "KUBECONFIG": str(self.operator_kubeconfig)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

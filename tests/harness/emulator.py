@@ -62,6 +62,8 @@ import kmock
 import yaml
 from kmock._internal import rendering  # private module: the exact kmock pin (==0.8) keeps it stable
 
+from tests.harness.faults import FaultPlan, serve_faulty
+
 JsonObj = dict[str, Any]
 ObjKey = tuple[str | None, str]  # (namespace or None for cluster-scoped, name)
 
@@ -1511,23 +1513,40 @@ def build_emulator(pod_logs_dir: Path | None = None) -> EnrichedEmulator:
     return emulator
 
 
-async def serve(host: str, port: int, ready_file: Path | None, pod_logs_dir: Path | None = None) -> None:
-    """Serve the emulator until SIGTERM/SIGINT; write its URL to `ready_file` once listening."""
+async def serve(
+    host: str,
+    port: int,
+    ready_file: Path | None,
+    pod_logs_dir: Path | None = None,
+    faults: FaultPlan | None = None,
+) -> None:
+    """Serve the emulator until SIGTERM/SIGINT; write its URL to `ready_file` once listening.
+
+    With `faults`, the same emulator is also served on a second port through `faults.FaultyFront`; the
+    ready file then holds two lines, the clean URL and the faulty one.
+    """
     import kubegraft.validation  # noqa: F401 - loaded before "ready" so that the first admission is not slow
 
     emulator = build_emulator(pod_logs_dir)
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:
         url = f"http://{server.host}:{server.port}"
+        urls = [url]
+        faulty = None
+        if faults is not None:
+            faulty, faulty_url = await serve_faulty(emulator, faults, host, 0)
+            urls.append(faulty_url)
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(url)
+            tmp.write_text("\n".join(urls))
             tmp.replace(ready_file)
-        print(f"Kubernetes emulator listening on {url}", flush=True)
+        print(f"Kubernetes emulator listening on {' and '.join(urls)}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if faulty is not None:
+            faulty.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1537,8 +1556,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see --ready-file)")
     parser.add_argument("--ready-file", type=Path, help="where to write the URL once listening")
     parser.add_argument("--pod-logs-dir", type=Path, help="the test kubelet's workdir, for pods/log")
+    parser.add_argument(
+        "--faults", help="a FaultPlan as JSON: also serve a faulty port (tests.harness.faults)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.ready_file, args.pod_logs_dir))
+    plan = FaultPlan.from_json(args.faults) if args.faults else None
+    asyncio.run(serve(args.host, args.port, args.ready_file, args.pod_logs_dir, plan))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The Argo CD health check for TransferJobs (manifests/argocd/health.lua), run in Lua 5.1 as Argo CD does.
 
+Where kstatus (Flux) has a word for the same status, both must say the same (`tests.harness.health`).
+
 Argo CD runs health scripts in gopher-lua (Lua 5.1) with the live object as the global `obj`; lupa's lua51
 runtime is the closest real interpreter. The same script is shipped three more times (argocd-cm patch, argo-cd
 chart values, docs/gitops.md): each copy must be identical to the file.
@@ -12,28 +14,16 @@ from typing import Any
 
 import pytest
 import yaml
-from lupa import lua51
 
+from tests.harness.health import HEALTH_LUA, KSTATUS_AS_ARGOCD, argocd_health, kstatus
 from tests.integration.deploy.conftest import MANIFESTS, REPO
 
-HEALTH_LUA = MANIFESTS / "argocd" / "health.lua"
 HEALTH_KEY = "resource.customizations.health.kubegraft.io_TransferJob"
-
-
-def _to_lua(runtime: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return runtime.table_from({k: _to_lua(runtime, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return runtime.table_from([_to_lua(runtime, v) for v in value])
-    return value
 
 
 def health(obj: dict[str, Any]) -> tuple[str, str]:
     """Run the health script on `obj`; returns (status, message)."""
-    runtime = lua51.LuaRuntime()
-    runtime.globals().obj = _to_lua(runtime, obj)
-    result = runtime.execute(HEALTH_LUA.read_text(encoding="utf-8"))
-    return str(result["status"]), str(result["message"])
+    return argocd_health(obj)
 
 
 def _condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
@@ -155,6 +145,75 @@ def test_status_without_observed_generation_is_stale() -> None:
 def test_conditions_win_over_a_missing_phase() -> None:
     status = {k: v for k, v in FAILED.items() if k != "phase"}
     assert health(transferjob(status))[0] == "Degraded"
+
+
+STUCK_PENDING = {
+    "phase": "Pending",
+    "observedGeneration": 2,
+    "conditions": [
+        _condition(
+            "Ready", "False", "Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+        ),
+        _condition("Reconciling", "False", "Unschedulable", "0/3 nodes are available."),
+        _condition(
+            "Stalled", "True", "Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+        ),
+    ],
+}
+
+
+def _both_true(first: str, second: str) -> dict[str, Any]:
+    """A status an older operator wrote: Reconciling and Stalled both True, `first` listed first."""
+    return {
+        "phase": "Pending",
+        "observedGeneration": 2,
+        "conditions": [
+            _condition(first, "True", "Unschedulable", f"{first} message"),
+            _condition(second, "True", "Unschedulable", f"{second} message"),
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        PENDING,
+        RUNNING,
+        SUCCEEDED,
+        FAILED,
+        STUCK_PENDING,
+        _both_true("Reconciling", "Stalled"),
+        _both_true("Stalled", "Reconciling"),
+    ],
+    ids=["pending", "running", "succeeded", "failed", "stuck-pending", "reconciling-first", "stalled-first"],
+)
+def test_argo_cd_and_kstatus_agree_on_each_status(status: dict[str, Any]) -> None:
+    obj = transferjob(status)
+    assert health(obj)[0] == KSTATUS_AS_ARGOCD[kstatus(obj)]
+
+
+def test_a_stuck_pending_run_is_degraded_with_the_stalled_message() -> None:
+    obj = transferjob(STUCK_PENDING)
+    assert health(obj) == ("Degraded", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    assert kstatus(obj) == "Failed"
+
+
+def test_reconciling_listed_before_stalled_is_progressing_as_kstatus_reads_it() -> None:
+    assert health(transferjob(_both_true("Reconciling", "Stalled"))) == ("Progressing", "Reconciling message")
+    assert health(transferjob(_both_true("Stalled", "Reconciling"))) == ("Degraded", "Stalled message")
+
+
+@pytest.mark.parametrize(
+    "status", [SUCCEEDED, FAILED, RUNNING, None], ids=["succeeded", "failed", "running", "none"]
+)
+def test_a_transferjob_being_deleted_is_progressing_with_a_message(status: dict[str, Any] | None) -> None:
+    obj = transferjob(status)
+    obj["metadata"]["deletionTimestamp"] = "2026-01-02T03:04:05Z"
+    state, message = health(obj)
+    assert state == "Progressing"
+    assert "being deleted" in message
+    assert "2026-01-02T03:04:05Z" in message
+    assert kstatus(obj) == "Terminating"
 
 
 def test_stalled_without_failed_is_degraded() -> None:

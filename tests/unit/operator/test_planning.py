@@ -320,7 +320,7 @@ def test_an_unschedulable_pod_is_pending_and_stalled_with_the_schedulers_message
     assert result.status["phase"] == "Pending"
     assert (stalled["status"], stalled["reason"]) == ("True", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in stalled["message"]
-    assert _condition(result.status, "Reconciling")["status"] == "True"
+    assert _condition(result.status, "Reconciling")["status"] == "False"
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "Unschedulable")]
 
 

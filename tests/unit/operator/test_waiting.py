@@ -22,6 +22,7 @@ from tests.unit.operator.factories import job, pod, transferjob, with_spec
 from tests.unit.operator.test_reconcile import RecordingKube
 
 NOW = "2026-01-01T00:05:00Z"
+LATER = "2026-01-01T00:06:00Z"
 QUOTA = (
     'Error creating: pods "flowers-1-x7k2p" is forbidden: exceeded quota: gpu-quota, requested: '
     "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4"
@@ -152,7 +153,19 @@ def test_a_quota_refused_pod_shows_as_pending_failed_create_and_stalled() -> Non
     assert conditions["Ready"]["reason"] == "FailedCreate"
     assert "exceeded quota: gpu-quota" in conditions["Ready"]["message"]
     assert conditions["Stalled"]["status"] == "True"
+    assert conditions["Reconciling"]["status"] == "False"
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "FailedCreate")]
+
+
+def test_a_stalled_run_that_moves_on_is_reconciling_again_and_no_longer_stalled() -> None:
+    tj = transferjob()
+    plan = plan_run(tj, [job(1, active=0)], desired_suspend=False)
+    stuck = derive_status(tj, plan, [], None, NOW, explanation=Explanation(failed_create=QUOTA)).status
+    again = transferjob(status=stuck)
+    started = derive_status(again, plan_run(again, [job(1)], False), [pod()], None, LATER).status
+    conditions = {c["type"]: c for c in started["conditions"]}
+    assert (conditions["Reconciling"]["status"], conditions["Stalled"]["status"]) == ("True", "False")
+    assert conditions["Reconciling"]["lastTransitionTime"] == LATER
 
 
 def test_the_explanation_is_kept_by_other_reconciles_until_a_pod_appears() -> None:
