@@ -10,6 +10,9 @@ the default strategy. Two environment variables change that:
   and mirror over them, a real MirroredStrategy with N replicas, so every multi-replica code path runs on a
   machine without GPUs. It must be read before TensorFlow initialises its devices (the first op does), so
   `configure_devices` is the first thing a run does with TensorFlow.
+- ``KUBEGRAFT_PRECISION`` (tests and benchmarks): the Keras dtype policy to train under instead of the
+  default above (``float32``, ``mixed_float16`` or ``mixed_bfloat16``), e.g. ``mixed_bfloat16`` on a CPU to
+  run the mixed-precision numerics (float32 softmax and loss, float32 exported outputs) without a GPU.
 
 Batch sizes follow the Keras convention: a stage's ``batchSize`` is the global batch of one optimizer step,
 split evenly across the replicas (`per_replica_batch`), so the learning rate means the same for any number of
@@ -33,6 +36,7 @@ from kubegraft_trainer.multiworker import install_keras_fixes
 
 __all__ = [
     "ENV_LOGICAL_CPUS",
+    "ENV_PRECISION",
     "build_from_one_replica",
     "configure_devices",
     "per_replica_batch",
@@ -42,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENV_LOGICAL_CPUS = "KUBEGRAFT_LOGICAL_CPUS"  # tests and benchmarks: mirror over N logical CPU devices
+ENV_PRECISION = "KUBEGRAFT_PRECISION"  # tests and benchmarks: the dtype policy instead of the default
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _env_count(name: str) -> int:
@@ -56,6 +62,19 @@ def _env_count(name: str) -> int:
     if value < 0:
         raise TrainerError(FailureReason.INVALID_SPEC, f"${name} must be a non-negative integer, got {raw!r}")
     return value
+
+
+def _precision(default: str | None) -> None:
+    """Set the global dtype policy: ``$KUBEGRAFT_PRECISION`` when set, else ``default`` (None: leave it)."""
+    chosen = os.environ.get(ENV_PRECISION, "").strip() or default
+    if chosen is None:
+        return
+    if chosen not in PRECISIONS:
+        raise TrainerError(
+            FailureReason.INVALID_SPEC,
+            f"${ENV_PRECISION} must be one of {', '.join(PRECISIONS)}, got {chosen!r}",
+        )
+    keras.mixed_precision.set_global_policy(chosen)
 
 
 def _logical_cpus(count: int) -> list[str]:
@@ -79,7 +98,8 @@ def configure_devices(cluster: WorkerCluster | None = None) -> tf.distribute.Str
 
     With GPUs: ``mixed_float16`` and a MirroredStrategy over all of them (one replica per GPU). Without:
     float32 (the global policy is left as it is) and the default strategy, or with ``$KUBEGRAFT_LOGICAL_CPUS``
-    of 2 or more a MirroredStrategy over that many logical CPU devices. With several workers (``cluster``):
+    of 2 or more a MirroredStrategy over that many logical CPU devices. ``$KUBEGRAFT_PRECISION``, when set,
+    replaces the policy (on GPUs too). With several workers (``cluster``):
     a MultiWorkerMirroredStrategy over every worker's GPUs (one replica per GPU, or one per worker without),
     its ``TF_CONFIG`` exported first; it must exist before any other TensorFlow op, like logical devices.
 
@@ -105,6 +125,7 @@ def configure_devices(cluster: WorkerCluster | None = None) -> tf.distribute.Str
     if cluster is not None:
         return _multi_worker(cluster, gpus)
     if not gpus:
+        _precision(None)
         if logical >= 2:
             devices = _logical_cpus(logical)
             log.info("%d logical CPU devices: MirroredStrategy over %s", len(devices), ", ".join(devices))
@@ -113,8 +134,8 @@ def configure_devices(cluster: WorkerCluster | None = None) -> tf.distribute.Str
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # already initialised
             tf.config.experimental.set_memory_growth(gpu, True)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    log.info("%d GPU(s): mixed_float16 with MirroredStrategy", len(gpus))
+    _precision("mixed_float16")
+    log.info("%d GPU(s): %s with MirroredStrategy", len(gpus), keras.mixed_precision.global_policy().name)
     return tf.distribute.MirroredStrategy()
 
 
@@ -123,8 +144,7 @@ def _multi_worker(cluster: WorkerCluster, gpus: list[Any]) -> tf.distribute.Stra
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # already initialised
             tf.config.experimental.set_memory_growth(gpu, True)
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    _precision("mixed_float16" if gpus else None)
     export_tf_config(cluster)
     install_keras_fixes()
     log.info(
@@ -147,13 +167,16 @@ def per_replica_batch(global_batch: int, replicas: int) -> int:
 
 
 def build_from_one_replica(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-    """Let ``model.fit`` and ``model.evaluate`` start on a batch that does not split evenly over replicas.
+    """Let ``model.fit`` and ``model.evaluate`` build the model under several replicas without reading data.
 
-    Keras 3 (3.15 at least) builds a model created under a strategy from its first batch, averaged over the
-    replicas with ``strategy.reduce("MEAN", batch, axis=None)``: an element-wise sum that fails ("Inputs to
-    operation AddN ... must have the same size and shape") when the replicas got different numbers of
-    examples, as a validation split of 35 images does on 2 replicas (18 and 17). The build only needs
-    shapes and dtypes, so this gives it the first replica's part of the batch instead. Nothing changes with
+    Keras 3 (3.15 at least) builds a model created under a strategy from the first batch of a fresh pass
+    over the data, averaged over the replicas with ``strategy.reduce("MEAN", batch, axis=None)``. That fails
+    two ways: the element-wise sum refuses replicas that got different numbers of examples ("Inputs to
+    operation AddN ... must have the same size and shape"), as a validation split of 35 images does on 2
+    replicas (18 and 17); and the extra pass advances a dataset that reshuffles every pass, so an N-replica
+    run would train on other batch orders than a one-replica run (which builds without that pass). The build
+    needs only shapes and dtypes: this gives it the dataset's element spec, and only where there is none
+    (an input Keras does not turn into a dataset) the first replica's part of a batch. Nothing changes with
     one replica, or on a Keras without that method.
 
     Args:
@@ -169,7 +192,9 @@ def build_from_one_replica(model: keras.Model, strategy: tf.distribute.Strategy)
         return value
 
     def build(iterator: Any = None, data_batch: Any = None) -> None:
-        if iterator is not None:
+        if data_batch is None and iterator is not None:
+            data_batch = _element_spec(iterator)
+        if data_batch is None and iterator is not None:
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(first_replica, next(batches))
                 break
@@ -177,6 +202,16 @@ def build_from_one_replica(model: keras.Model, strategy: tf.distribute.Strategy)
             model._symbolic_build(data_batch=data_batch)
 
     model._maybe_symbolic_build = build
+
+
+def _element_spec(iterator: Any) -> Any:
+    """The (x, y[, weights]) TensorSpecs of a Keras epoch iterator's dataset, or None if it has none."""
+    adapter = getattr(iterator, "data_adapter", None)
+    try:
+        dataset = adapter.get_tf_dataset() if adapter is not None else None
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    return dataset.element_spec if isinstance(dataset, tf.data.Dataset) else None
 
 
 def replica_devices(strategy: tf.distribute.Strategy) -> list[str]:

@@ -5,8 +5,8 @@
 tensorflow/tensorflow#72388: "Attempt to convert a value (PerReplica...)"):
 
 1. before the first step, `_maybe_symbolic_build` hands the whole `(x, y)` batch to `strategy.reduce`, which
-   takes one tensor, not a nest: `devices.build_from_one_replica` (called before every fit) reads the shapes
-   off the first local replica instead, as it does for uneven batches on one worker;
+   takes one tensor, not a nest: `devices.build_from_one_replica` (called before every fit) builds from the
+   dataset's element spec instead, as it does for uneven batches on one worker;
 2. after each step, `reduce_per_replica` averages the step's metrics with `strategy.reduce("MEAN", v,
    axis=0)`, which refuses scalars: `install_keras_fixes` reduces scalars across replicas with `axis=None`.
    It changes nothing unless the strategy spans several workers.

@@ -46,7 +46,7 @@ from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
 from kubegraft_trainer.devices import build_from_one_replica, per_replica_batch
-from kubegraft_trainer.head_loop import EVAL_CHUNK, HeadLoop
+from kubegraft_trainer.head_loop import EVAL_CHUNK, HeadLoop, epoch_batches
 from kubegraft_trainer.inference import (
     extract_arrays,
     extract_features,
@@ -617,7 +617,9 @@ class StageRunner:
     ) -> None:
         """Train ``trained`` on ``arrays`` (cached features or prefix activations), else on the pixels.
 
-        ``batchSize`` is the global batch: with several replicas Keras splits each batch across them.
+        ``batchSize`` is the global batch: with several replicas Keras splits each batch across them. On
+        arrays one replica trains with `HeadLoop`, several with ``model.fit`` on the same batches in the same
+        order (`epoch_batches`), so the replica count changes only how each step's arithmetic is spread.
         """
         batch = stage.batch_size
         seed = self.spec.dataset.seed + index
@@ -650,14 +652,18 @@ class StageRunner:
                     seed=seed,
                 )
                 return
-            trained.fit(  # several replicas: Keras' loop distributes the batches
-                train[0],
-                train[1],
-                batch_size=batch,
+            # Several replicas: Keras' loop splits each of the head loop's batches across them.
+            batches, steps = epoch_batches(
+                train[0], train[1], batch, seed=seed, epochs=range(initial_epoch, stage.epochs)
+            )
+            trained.fit(
+                batches,
+                steps_per_epoch=steps,
                 epochs=stage.epochs,
                 initial_epoch=initial_epoch,
                 validation_data=validation,
-                shuffle=True,
+                validation_batch_size=batch,
+                shuffle=False,  # the batches come in epoch_order
                 callbacks=callbacks,
                 verbose=self.verbose,
             )
