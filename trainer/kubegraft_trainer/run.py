@@ -197,7 +197,6 @@ def train(
     chief = cluster is None or cluster.chief
     board = _open_tensorboard(spec, run_id, chief=chief)
     scratch = workdir or _scratch_dir()
-    own_scratch = workdir is None
     timings: dict[str, float] = {}
     tracker.set_state("loading")
     try:
@@ -290,7 +289,7 @@ def train(
     finally:
         if board is not None:
             board.close()
-        if own_scratch:
+        if workdir is None:  # a scratch folder of its own
             shutil.rmtree(scratch, ignore_errors=True)
 
 
