@@ -234,6 +234,7 @@ class CheckpointStore:
             if name:
                 self._writes.delete_prefix(name)
 
+    @shielded()  # a SIGTERM during the save is raised after it: the retry resumes from this epoch
     def save_epoch(
         self,
         *,
@@ -259,29 +260,6 @@ class CheckpointStore:
             frozen_prefix: The cut, when the stage trains the model's suffix on cached prefix activations
                 (``trained`` is then that suffix).
         """
-        with shielded():  # a SIGTERM now is raised after the save: the retry resumes from this epoch
-            self._save_epoch(
-                index,
-                epochs_done,
-                trained,
-                history,
-                early_stopping,
-                best_weights,
-                cached_features,
-                frozen_prefix,
-            )
-
-    def _save_epoch(  # noqa: PLR0917 - save_epoch's arguments, passed on
-        self,
-        index: int,
-        epochs_done: int,
-        trained: keras.Model,
-        history: dict[str, list[float]],
-        early_stopping: dict[str, Any],
-        best_weights: list[np.ndarray[Any, Any]] | None,
-        cached_features: bool,
-        frozen_prefix: str | None,
-    ) -> None:
         stem = f"stage-s{index}-e{epochs_done}"
         weights, optimizer = f"{stem}.weights.npz", f"{stem}.optimizer.npz"
         self._put_weights(trained, weights)
