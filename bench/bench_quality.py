@@ -347,15 +347,16 @@ def _end_to_end_line(timing: dict[str, Any]) -> str:
     """The end-to-end case's sentence: time, what was published and why, test against the baseline."""
     verdict = "at or above it" if timing["test"] >= timing["baseline"] else "below it"
     lead = timing["test"] - timing["baseline"]
+    contenders = ", ".join(f"{name} {score:.3f}" for name, score in timing["contenders"].items())
     return (
         f"End to end, the default spec on {timing['images']} images at 32 px (`train`, its own 70/15/15 "
         f"split, {timing['candidates']} candidates run): {timing['seconds']:.0f} s "
         f"({timing['seconds'] / 60:.1f} min, target under 10 min: "
         f"{'met' if timing['seconds'] < 600 else 'not met'}); search {timing['search_s']:.0f} s; best "
         f"transfer recipe {timing['chosen']} ({timing['recipe']}); published {timing['published']} "
-        f"(validation: {timing['contenders']}; {timing['reason']}); test accuracy {timing['test']:.3f} "
+        f"(validation: {contenders}; {timing['reason']}); test accuracy {timing['test']:.3f} "
         f"against the baseline's {timing['baseline']:.3f} ({verdict}, {lead:+.3f}; "
-        f"the best transfer recipe alone: {timing['transfer_test']})."
+        f"the best transfer recipe alone: {timing['transfer_test']:.3f})."
     )
 
 
