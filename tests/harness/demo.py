@@ -55,7 +55,7 @@ CRD = REPO_ROOT / "manifests" / "crd" / "kubegraft.io_transferjobs.yaml"
 
 TARGET_LABELS = (0, 1, 2, 3, 4)  # T-shirt_top, Trouser, Pullover, Dress, Coat: never seen by the backbone
 TRAIN_PER_CLASS = 150  # train-split images per class uploaded as the data set
-HOLDOUT_PER_CLASS = 1  # t10k images per class kept aside for `kubegraft predict`
+HOLDOUT_PER_CLASS = 4  # t10k images per class kept aside for `kubegraft predict`
 DATASET_NAME = "fashion-mnist-0to4"
 MODEL_NAME = "fashion-mnist"
 DEMO_S3_PORT = 8333  # the endpoint the example manifest names (SeaweedFS's default S3 port)
@@ -729,9 +729,14 @@ class Demo:
         if storage.endpoint:
             keys = "AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...  # as in the Secret"
             self.console.say(f"$ export AWS_ENDPOINT_URL={storage.endpoint} {keys}")
-        self.console.command(argv)
+        folders = sorted({_relative(h.path.parent.parent) for h in holdout})
+        # Shown as the shell glob a user would type; run on the same files, in class order.
+        self.console.say(
+            "$ " + " ".join(["kubegraft", "predict", _quote(model_uri), *(f"{f}/*/*.png" for f in folders)])
+        )
         result = self._kubegraft(*argv[1:], env=storage.env(), show=False)
         truth = {_relative(h.path): h.label for h in holdout}
+        right = 0
         for line in result.stdout.splitlines():
             path, _, predictions = line.partition(": ")
             label = truth.get(path)
@@ -742,9 +747,13 @@ class Demo:
             if top is None:  # an output format this demo does not know: show it as printed
                 self.console.say(f"true {label:<12} {line}")
                 continue
+            right += top[0][0] == label
             mark = "ok  " if top[0][0] == label else "MISS"
             ranked = ", ".join(f"{name} {probability:.2f}" for name, probability in top)
             self.console.say(f"{mark} true {label:<12} {Path(path).name}: {ranked}")
+        self.console.say(
+            f"held-out images right: {right} of {len(holdout)} (never uploaded, never seen by the run)"
+        )
 
     def _show_operator_metrics(self) -> None:
         """The operator's own view of the run (its /metrics, kubegraft series of this TransferJob)."""
