@@ -38,7 +38,7 @@ from kubegraft.status import ImageCounts
 
 log = logging.getLogger(__name__)
 
-_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 # Epoch times the ETA averages: the last few, so a stage change (cached head -> fine-tune) shows soon.
@@ -106,7 +106,7 @@ class ProgressTracker:
                 f"Last epoch's {name}.",
                 registry=r,
             )
-            for name in _EPOCH_METRICS
+            for name in EPOCH_METRICS
         }
         # A Counter (kubegraft_train_images_total): rate() over it is the throughput.
         self._images = Counter(
@@ -191,7 +191,7 @@ class ProgressTracker:
             self._epoch_seconds.append(seconds)
             p = self._progress
             metrics = dict(p.metrics)
-            for name in _EPOCH_METRICS:
+            for name in EPOCH_METRICS:
                 if name in logs:
                     metrics[name] = float(logs[name])
                     self._metric_gauges[name].set(float(logs[name]))
@@ -207,7 +207,7 @@ class ProgressTracker:
             images_trained=trained,
         )
         left = self._progress.eta_seconds or 0.0
-        parts = " ".join(f"{k}={float(logs[k]):.4f}" for k in _EPOCH_METRICS if k in logs)
+        parts = " ".join(f"{k}={float(logs[k]):.4f}" for k in EPOCH_METRICS if k in logs)
         rate = f" {ips:.0f} img/s" if ips is not None else ""
         line = (
             f"[{self._progress.stage}] epoch {epoch}/{self._progress.stage_epochs} {parts} "
@@ -227,7 +227,7 @@ class ProgressTracker:
                 images_per_second=ips,
                 progress=self._progress.progress,
                 eta_seconds=left,
-                **{k: float(logs[k]) for k in _EPOCH_METRICS if k in logs},
+                **{k: float(logs[k]) for k in EPOCH_METRICS if k in logs},
             )
 
     def end_stage(self, epochs_run: int) -> None:

@@ -65,7 +65,12 @@ from kubegraft_trainer.model import TransferModel, build_transfer_model, trainab
 from kubegraft_trainer.multiworker import lost_worker
 from kubegraft_trainer.pipeline import ImageLoader
 from kubegraft_trainer.pixels import split_pixels
-from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
+from kubegraft_trainer.progress import (
+    EPOCH_METRICS,
+    ProgressServer,
+    ProgressTracker,
+    write_termination_message,
+)
 from kubegraft_trainer.report import (
     CONFUSION_FILE,
     CURVES_FILE,
@@ -552,6 +557,11 @@ def train_on_source(
         )
         parts, runner = search.parts, search.runner
         epochs = sum(c.epochs for c in search.candidates)
+        stage, epoch, val_accuracy = search.published_view()
+        # The last candidate's epoch metrics would read as the published model's: keep only run-wide ones.
+        metrics = {k: v for k, v in tracker.snapshot().metrics.items() if k not in EPOCH_METRICS}
+        if val_accuracy is not None:
+            metrics["val_accuracy"] = val_accuracy
         # One update: the search's epochs move into the plan, so progress never dips in between.
         tracker.update(
             stages=runner.step_names,
@@ -560,6 +570,9 @@ def train_on_source(
             recipe=search.recipe,
             search_epochs_done=0,
             search_epochs_left=0,
+            stage=stage,
+            epoch=epoch,
+            metrics=metrics,
         )
         if _trained_batchnorm(parts, runner):  # the winner's BN layers trained: check them once more
             health["after_training"] = _check_health(parts, source, tracker, "after training")

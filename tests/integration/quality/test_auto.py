@@ -140,6 +140,16 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
     assert progress.metrics["baseline_accuracy"] == pytest.approx(metrics["baseline_accuracy"])
     assert progress.metrics["transfer_gain"] == pytest.approx(metrics["transfer_gain"])
     assert progress.recipe == metrics["recipe"]
+    # The status describes the published model, not the last candidate the search trained.
+    assert progress.metrics["val_accuracy"] == pytest.approx(published["validation_accuracy"])
+    assert "loss" not in progress.metrics and "val_loss" not in progress.metrics
+    if published["kind"] == "transfer":
+        assert (progress.stage, progress.epoch) == (
+            metrics["stages"][-1]["name"],
+            metrics["stages"][-1]["epochs_run"],
+        )
+    else:
+        assert (progress.stage, progress.epoch) == (published["name"], None)
     reasons = [n.reason for n in progress.notices]
     assert NoticeReason.RECIPE_CHOSEN in reasons
     chosen_notice = next(n for n in progress.notices if n.reason == NoticeReason.RECIPE_CHOSEN)
