@@ -270,23 +270,23 @@ class SearchOutcome:
             f"auto {won.name}: {won.description} (best transfer recipe {self.name}: {self.runner.recipe()})"
         )
 
-    def published_view(self) -> tuple[str | None, int | None, float | None]:
+    def published_view(self) -> tuple[str | None, int, float | None]:
         """Stage, epoch and validation accuracy that describe the published model in the status.
 
         Without this the status keeps the last candidate trained (often a weaker one, cut or not chosen).
-        A pixel model or an ensemble is named as the stage, with no epoch; a transfer model shows its
-        last stage and the epochs it ran.
+        A pixel model or an ensemble is named as the stage, with 0 epochs (it trains none); a transfer
+        model shows its last stage and the epochs it ran.
         """
         won = self.selection.published if self.selection is not None else None
         last = self.runner.records[-1] if self.runner.records else None
         if won is not None and won.kind != "transfer":
-            return won.name, None, won.validation_accuracy
+            return won.name, 0, won.validation_accuracy
         winner = next((c for c in self.candidates if c.name == self.name), None)
         accuracy = won.validation_accuracy if won is not None else None
         if accuracy is None and winner is not None:
             accuracy = winner.validation_accuracy
         if last is None:
-            return None, None, accuracy
+            return None, 0, accuracy
         return last.name, last.epochs_run, accuracy
 
     def record(self) -> dict[str, Any]:

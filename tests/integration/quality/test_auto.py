@@ -149,7 +149,7 @@ def test_spec_with_only_dataset_output_and_model_publishes_the_best_candidate_it
             metrics["stages"][-1]["epochs_run"],
         )
     else:
-        assert (progress.stage, progress.epoch) == (published["name"], None)
+        assert (progress.stage, progress.epoch) == (published["name"], 0)
     reasons = [n.reason for n in progress.notices]
     assert NoticeReason.RECIPE_CHOSEN in reasons
     chosen_notice = next(n for n in progress.notices if n.reason == NoticeReason.RECIPE_CHOSEN)
