@@ -2,8 +2,9 @@
 
 `kubegraft_trainer.run` creates one `ProgressTracker` per process, starts a `ProgressServer` on it (the
 operator and `kubectl port-forward` read ``GET /progress`` and ``GET /metrics``), and `stages` feeds it
-through `ProgressCallback` after every epoch. At exit `write_termination_message` writes the compact document
-that the operator reads from the pod's termination message.
+through `ProgressCallback` after every epoch (and with the images trained during a long one). At exit
+`write_termination_message` writes the compact document that the operator reads from the pod's termination
+message.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 # Epoch times the ETA averages: the last few, so a stage change (cached head -> fine-tune) shows soon.
 ETA_WINDOW = 3
+# Within an epoch, the images trained are counted at most this often (a batch's end; see ProgressCallback).
+BATCH_REPORT_SECONDS = 1.0
 
 
 def planned_epochs(progress: TrainingProgress) -> tuple[int, int]:
@@ -115,6 +118,7 @@ class ProgressTracker:
         # A Counter (exposed as kubegraft_train_images_skipped_total): skipped images only ever accumulate.
         self._skipped = Counter("kubegraft_train_images_skipped", "Images skipped as unreadable.", registry=r)
         self._skipped_seen = 0
+        self._epoch_images = 0  # images of the running epoch counted already (`add_images`)
         self._eta = Gauge(
             "kubegraft_train_eta_seconds", "Estimated seconds to the end of the run.", registry=r
         )
@@ -172,10 +176,25 @@ class ProgressTracker:
     def start_stage(self, index: int, name: str, epochs: int, done: int) -> None:
         """Enter a stage, possibly resumed with ``done`` epochs already finished."""
         with self._lock:
+            self._epoch_images = 0
             self._stage_info.clear()
             self._stage_info.labels(stage=name).set(1)
             self._epoch.set(done)
         self.update(state="training", stage=name, stage_index=index, stage_epochs=epochs, epoch=done)
+
+    def add_images(self, images: int) -> None:
+        """Count ``images`` more training images of the running epoch, before it ends (`ProgressCallback`).
+
+        Grows `imagesTrained` and the images counter only, so ``rate()`` over it is smooth within long
+        epochs; the epoch's end (`end_epoch`) counts the rest of its images and stamps the progress time.
+        """
+        if images <= 0:
+            return
+        with self._lock:
+            self._images.inc(images)
+            self._epoch_images += images
+            trained = self._progress.images_trained + images
+            self._progress = self._progress.model_copy(update={"images_trained": trained})
 
     def end_epoch(self, epoch: int, logs: Mapping[str, float], seconds: float, images: int) -> None:
         """Record a finished epoch of the current stage and print one line about it.
@@ -184,7 +203,7 @@ class ProgressTracker:
             epoch: Epochs finished in the stage (1-based).
             logs: Keras epoch logs (loss, accuracy, val_loss, val_accuracy).
             seconds: Wall time of the epoch.
-            images: Training images the epoch processed.
+            images: Training images the epoch processed (those `add_images` counted during it included).
         """
         ips = images / seconds if seconds > 0 else None
         with self._lock:
@@ -197,8 +216,10 @@ class ProgressTracker:
                     self._metric_gauges[name].set(float(logs[name]))
             completed = p.completed_epochs + 1
             self._epoch.set(epoch)
-            self._images.inc(images)
-            trained = p.images_trained + images
+            rest = max(images - self._epoch_images, 0)  # what `add_images` did not count yet
+            self._epoch_images = 0
+            self._images.inc(rest)
+            trained = p.images_trained + rest
         self.update(
             epoch=epoch,
             completed_epochs=completed,
@@ -374,23 +395,63 @@ class ProgressServer:
 
 
 class ProgressCallback(keras.callbacks.Callback):  # type: ignore[misc]
-    """Feeds a `ProgressTracker` after every epoch of a Keras fit.
+    """Feeds a `ProgressTracker` after every epoch of a Keras fit, and its image count during the epoch.
+
+    With ``batch_size``, every `BATCH_REPORT_SECONDS` at most a batch's end adds the images trained since the
+    last report (``batch_size`` per step, at most ``images_per_epoch`` in the epoch) through
+    `ProgressTracker.add_images`: `imagesTrained` and ``kubegraft_train_images_total`` then grow within a long
+    epoch, not only at its end. Keras calls the batch hook from a worker thread (``async_safe``), so the fit's
+    steps do not wait for it. `head_loop.HeadLoop` calls epoch hooks only (its epochs take milliseconds).
 
     Args:
         tracker: The run's tracker.
         images_per_epoch: Training images one epoch processes.
+        batch_size: Images per optimizer step (the global batch); None: counted at epoch ends only.
+        report_seconds: The least time between two counts within an epoch (default `BATCH_REPORT_SECONDS`).
+        clock: Monotonic time source (tests pass a fake one).
     """
 
-    def __init__(self, tracker: ProgressTracker, images_per_epoch: int) -> None:
+    async_safe = True  # on_train_batch_end only takes a lock and counts: safe from Keras' dispatch thread
+
+    def __init__(
+        self,
+        tracker: ProgressTracker,
+        images_per_epoch: int,
+        *,
+        batch_size: int | None = None,
+        report_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.tracker = tracker
         self.images_per_epoch = images_per_epoch
+        self.batch_size = batch_size
+        self.report_seconds = BATCH_REPORT_SECONDS if report_seconds is None else report_seconds
+        self.clock = clock
         self.epoch_seconds: list[float] = []
         self._started = 0.0
+        self._lock = threading.Lock()
+        self._counted = 0  # images of this epoch reported to the tracker
+        self._reported = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        """Start the epoch's clock."""
+        """Start the epoch's clock and its image count."""
         self._started = time.monotonic()
+        with self._lock:
+            self._counted = 0
+            self._reported = self.clock()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Count the images of the epoch's first ``batch + 1`` steps, if the last count is old enough."""
+        if self.batch_size is None:
+            return
+        done = min((batch + 1) * self.batch_size, self.images_per_epoch)
+        with self._lock:
+            now = self.clock()
+            if done <= self._counted or now - self._reported < self.report_seconds:
+                return
+            added, self._counted, self._reported = done - self._counted, done, now
+        self.tracker.add_images(added)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """Report the epoch (``epoch`` is 0-based, as Keras passes it)."""

@@ -791,7 +791,7 @@ class StageRunner:
         if stage.early_stopping.enabled:
             monitor = monitor_for(stage.early_stopping, has_validation)
             es = ResumableEarlyStopping(stage.early_stopping, monitor, es_state, best)
-        progress = ProgressCallback(self.tracker, images)
+        progress = ProgressCallback(self.tracker, images, batch_size=stage.batch_size)
         board = self._board(stage.name)
         if board is not None and initial_epoch:  # what the checkpoint holds and no event file does yet
             board.backfill(history, learning_rate=stage.learning_rate, images=images)

@@ -360,6 +360,16 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
         "scrapeTimeout",
         ("pattern",),
     ),
+    "bad-pod-monitor-timeout": (
+        {"metrics": {"podMonitor": {"scrapeTimeout": "soon"}}},
+        "scrapeTimeout",
+        ("pattern",),
+    ),
+    "bad-pod-monitor-relabel-key": (
+        {"metrics": {"podMonitor": {"metricRelabelings": [{"sourceLabel": "__name__"}]}}},
+        "sourceLabel",
+        ("additional", "Additional"),
+    ),
     "bad-relabel-action": (
         {"metrics": {"serviceMonitor": {"relabelings": [{"action": "delete"}]}}},
         "action",
@@ -594,6 +604,26 @@ def test_service_monitor_takes_relabelings_and_a_scrape_timeout(helm_template: R
         "spec"
     ]["endpoints"]
     assert not {"scrapeTimeout", "relabelings", "metricRelabelings"} & set(plain)
+
+
+def test_pod_monitor_takes_relabelings_after_its_own_and_a_scrape_timeout(helm_template: Renderer) -> None:
+    [endpoint] = one(helm_template("4", *VALUE_SETS["all-on"]), "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["scrapeTimeout"] == "5s"
+    own, user = endpoint["relabelings"]
+    assert own["targetLabel"] == "transferjob"  # the join label with the operator's series comes first
+    assert user == {
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "node",
+        "action": "replace",
+    }
+    assert endpoint["metricRelabelings"] == [
+        {"sourceLabels": ["__name__"], "regex": "kubegraft_train_images_skipped_total", "action": "drop"}
+    ]
+    [plain] = one(helm_template("4", "--set", "metrics.podMonitor.enabled=true"), "PodMonitor")["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert not {"scrapeTimeout", "metricRelabelings"} & set(plain)
+    assert [r["targetLabel"] for r in plain["relabelings"]] == ["transferjob"]
 
 
 def _helm_test_pod(documents: list[dict[str, Any]]) -> dict[str, Any]:

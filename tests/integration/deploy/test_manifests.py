@@ -6,6 +6,7 @@ the chart's crds/, and identical to the generator's output in every place.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -313,7 +314,8 @@ def monitoring() -> list[dict[str, Any]]:
 def test_monitoring_kustomization_gives_kustomize_users_the_charts_monitoring_objects(
     monitoring: list[dict[str, Any]],
 ) -> None:
-    assert sorted(d["kind"] for d in monitoring) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    kinds = sorted(d["kind"] for d in monitoring)
+    assert kinds == ["ConfigMap", "PodMonitor", "PrometheusRule", "ServiceMonitor"]
     problems = {f"{d['kind']}/{d['metadata']['name']}": validation_errors(d) for d in monitoring}
     assert {k: v for k, v in problems.items() if v} == {}
 
@@ -362,3 +364,20 @@ def test_kustomize_prometheus_rule_is_the_charts_alerts(tmp_path: Path) -> None:
     rules_file.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
     result = run([find_tool("promtool"), "check", "rules", str(rules_file)])
     assert "SUCCESS" in result.stdout
+
+
+def test_kustomize_grafana_dashboard_is_the_charts_dashboard_for_the_sidecar(
+    kustomized: list[dict[str, Any]], monitoring: list[dict[str, Any]]
+) -> None:
+    from tests.integration.deploy.monitoring_manifests import DASHBOARD_OUTPUT, render_dashboard
+
+    assert DASHBOARD_OUTPUT.read_text(encoding="utf-8") == render_dashboard(find_tool("helm")), (
+        f"{DASHBOARD_OUTPUT} is stale: run `python -m tests.integration.deploy.monitoring_manifests`"
+    )
+    config_map = one(monitoring, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # what the Grafana sidecar selects
+    assert config_map["metadata"]["namespace"] == one(kustomized, "Deployment")["metadata"]["namespace"]
+    [(name, text)] = config_map["data"].items()
+    chart_dashboard = CHART / "dashboards" / "kubegraft.json"
+    assert name == chart_dashboard.name
+    assert json.loads(text) == json.loads(chart_dashboard.read_text(encoding="utf-8"))

@@ -53,6 +53,19 @@ def test_progress_series_exist_while_running_and_vanish_after() -> None:
     metrics.forget("m2", "a")
 
 
+def test_images_counter_follows_every_poll_within_an_epoch() -> None:
+    metrics.record_phase("m3", "a", "Running")
+    mid_epoch = TrainingProgress.model_validate({"state": "training", "stage": "finetune", "epoch": 2})
+    seen = []
+    for polled_at, trained in ((1000.0, 640), (1005.0, 704), (1010.0, 768)):  # the same epoch, more images
+        metrics.record_progress(
+            "m3", "a", mid_epoch.model_copy(update={"images_trained": trained}), polled_at
+        )
+        seen.append(_value("kubegraft_job_images_total", namespace="m3", transferjob="a"))
+    assert seen == [640, 704, 768]  # rate() over it moves between epoch ends
+    metrics.forget("m3", "a")
+
+
 def test_outcomes_count_successes_and_failures_by_reason() -> None:
     before = _value("kubegraft_runs_failed_total", reason="OOMKilled") or 0
     metrics.record_outcome("Failed", "OOMKilled")

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from kubegraft.runtime import TERMINATION_MESSAGE_MAX_BYTES, NoticeReason
-from kubegraft_trainer.progress import ProgressServer, ProgressTracker, write_termination_message
+from kubegraft_trainer.progress import (
+    ProgressCallback,
+    ProgressServer,
+    ProgressTracker,
+    write_termination_message,
+)
 
 
 def _tracker() -> ProgressTracker:
@@ -39,6 +44,61 @@ def test_epoch_updates_document_gauges_and_prints_one_line() -> None:
     assert "kubegraft_train_images_total 200.0" in tracker.metrics_text().decode()
     assert "kubegraft_train_last_progress_timestamp_seconds 1000.0" in text
     assert out.getvalue().count("\n") == 2 and "[head] epoch 1/3" in out.getvalue()
+
+
+def _images_total(tracker: ProgressTracker) -> float:
+    line = next(
+        line
+        for line in tracker.metrics_text().decode().splitlines()
+        if line.startswith("kubegraft_train_images_total ")
+    )
+    return float(line.split()[1])
+
+
+def test_images_trained_grow_at_batch_ends_within_an_epoch_and_the_epoch_end_counts_only_the_rest() -> None:
+    stamps = [1000.0]
+    tracker = ProgressTracker(out=io.StringIO(), clock=lambda: stamps[0])
+    tracker.set_plan(["finetune"], 2, "recipe")
+    tracker.start_stage(0, "finetune", 2, 0)
+    now = [0.0]
+    callback = ProgressCallback(tracker, 100, batch_size=32, report_seconds=1.0, clock=lambda: now[0])
+
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(0)  # at the epoch's start: too soon to count
+    assert tracker.snapshot().images_trained == 0
+    now[0], stamps[0] = 1.5, 2000.0
+    callback.on_train_batch_end(1)  # two steps of 32
+    assert (tracker.snapshot().images_trained, _images_total(tracker)) == (64, 64.0)
+    now[0] = 2.0
+    callback.on_train_batch_end(2)  # 0.5 s after the last count: waits
+    assert tracker.snapshot().images_trained == 64
+    now[0] = 3.0
+    callback.on_train_batch_end(3)  # 4 x 32 > 100: at most the epoch's images
+    assert (tracker.snapshot().images_trained, _images_total(tracker)) == (100, 100.0)
+    progress = tracker.snapshot()
+    assert (progress.completed_epochs, progress.epoch) == (0, 0)  # counting images finishes no epoch
+    assert "kubegraft_train_last_progress_timestamp_seconds 1000.0" in tracker.metrics_text().decode()
+
+    callback.on_epoch_end(0, {"loss": 1.0})
+    assert (tracker.snapshot().images_trained, _images_total(tracker)) == (100, 100.0)  # not counted twice
+    callback.on_epoch_begin(1)
+    now[0] = 10.0
+    callback.on_train_batch_end(0)
+    assert tracker.snapshot().images_trained == 132
+    callback.on_epoch_end(1, {"loss": 0.5})
+    assert (tracker.snapshot().images_trained, _images_total(tracker)) == (200, 200.0)
+
+
+def test_without_a_batch_size_images_are_counted_at_epoch_ends_only() -> None:
+    tracker = _tracker()
+    now = [0.0]
+    callback = ProgressCallback(tracker, 50, clock=lambda: now[0])
+    callback.on_epoch_begin(0)
+    now[0] = 100.0
+    callback.on_train_batch_end(5)
+    assert tracker.snapshot().images_trained == 0
+    callback.on_epoch_end(0, {})
+    assert tracker.snapshot().images_trained == 50
 
 
 def test_stage_change_replaces_the_stage_info_series() -> None:
