@@ -39,6 +39,9 @@ class RecordingKube(Kube):
     async def patch(self, path: str, patch: Mapping[str, Any], what: str) -> None:
         self.calls.append(("patch", path, patch))
 
+    async def replace_status(self, path: str, status: Mapping[str, Any], what: str) -> None:
+        self.calls.append(("replace", path, {"status": dict(status)}))
+
     def post_event(self, transferjob: Mapping[str, Any], type_: str, reason: str, message: str) -> None:  # type: ignore[override]
         self.events.append((type_, reason))
 
@@ -158,7 +161,18 @@ def _merge_into(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
 
 
 def _status_writes(kube: RecordingKube) -> list[dict[str, Any]]:
-    return [c[2]["status"] for c in kube.calls if c[0] == "patch" and c[1].endswith("/status")]
+    return [c[2]["status"] for c in kube.calls if c[0] in ("patch", "replace") and c[1].endswith("/status")]
+
+
+def _stored_status(body: dict[str, Any], kube: RecordingKube) -> dict[str, Any]:
+    """The status the API server holds after `kube`'s direct writes (merge deltas, whole replacements)."""
+    status = copy.deepcopy(body.get("status") or {})
+    for kind, path, sent in kube.calls:
+        if kind == "replace":
+            status = copy.deepcopy(sent["status"])
+        elif kind == "patch" and path.endswith("/status"):
+            _merge_into(status, sent["status"])
+    return status
 
 
 def test_from_its_own_handler_the_status_rides_on_kopfs_patch_not_a_request_of_its_own() -> None:
@@ -183,8 +197,7 @@ def test_a_deferred_status_never_puts_back_an_older_one_written_meanwhile() -> N
     asyncio.run(reconciler.reconcile(tj, [], [], patch=patch, defer_status=True))
     asyncio.run(reconciler.reconcile(tj, [job(1)], [pod(running=True)]))
     api = copy.deepcopy(tj)
-    for write in _status_writes(kube):
-        _merge_into(api.setdefault("status", {}), write)
+    api["status"] = _stored_status(tj, kube)
     stored = _apply(api, patch)
     assert stored["status"]["phase"] == "Running"
     assert stored["status"]["run"] == 1
