@@ -300,10 +300,9 @@ class Reconciler:
             job = rendering.render_job(tj, plan.run, plan.generation, self.config, spec)
             if await self.kube.create(job_path(namespace), job):
                 metrics.RUNS_STARTED.inc()
-                message = f"Created Job {job['metadata']['name']} for run {plan.run}."
-                self._event(
-                    tj, written, "Normal", planning.Reason.JOB_CREATED, message, key=f"create/{plan.run}"
-                )
+            # Also after a 409: the Job may be this process's own, its create's reply lost (a 504 after the
+            # commit). The Event's fixed name posts it once per run either way.
+            await self._post_job_created(tj, written, plan.run, job["metadata"]["name"])
             plan = replace(plan, job=observe_job(job), create=False)
         if plan.suspend is not None and plan.job is not None:
             # The mark says the operator suspended it: only then may it unsuspend it later.
@@ -490,6 +489,34 @@ class Reconciler:
                 metrics.record_notice(reason)
             posted = index + 1
         return f"{run}/{posted}" if posted > done else None
+
+    async def _post_job_created(self, tj: Mapping[str, Any], written: _Written, run: int, job: str) -> None:
+        """Post the JobCreated Event of `run` (`rendering.job_created_event_name`: 409 = already posted).
+
+        A failed post is logged, not raised: the Job exists, the run goes on; a later create of the same run
+        (its Job not yet seen) tries again.
+        """
+        key = f"create/{run}"
+        if key in written.events:
+            return
+        namespace = tj["metadata"]["namespace"]
+        body = rendering.render_event(
+            tj,
+            rendering.job_created_event_name(tj, run),
+            "Normal",
+            planning.Reason.JOB_CREATED,
+            f"Created Job {job} for run {run}.",
+            now=datetime.now(UTC).isoformat(),
+            component=REPORTING_COMPONENT,
+            instance=os.environ.get("HOSTNAME", REPORTING_COMPONENT),
+        )
+        try:
+            await self.kube.create(event_path(namespace), body)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            log.warning("could not post JobCreated of %s/%s: %s", namespace, tj["metadata"]["name"], exc)
+            return
+        written.events.append(key)
+        del written.events[:-MAX_EVENT_KEYS]
 
     def _event(
         self, tj: Mapping[str, Any], written: _Written, type_: str, reason: str, message: str, *, key: str
