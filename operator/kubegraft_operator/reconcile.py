@@ -106,6 +106,7 @@ class _Written:
     annotations: dict[str, str] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
     status_fn: Callable[[kopf.RawBody], None] | None = None  # kopf patch function (see the module doc)
+    job_created: tuple[int, str] | None = None  # (run, Job name) whose JobCreated Event is not yet posted
 
 
 @dataclass
@@ -302,8 +303,9 @@ class Reconciler:
                 metrics.RUNS_STARTED.inc()
             # Also after a 409: the Job may be this process's own, its create's reply lost (a 504 after the
             # commit). The Event's fixed name posts it once per run either way.
-            await self._post_job_created(tj, written, plan.run, job["metadata"]["name"])
+            written.job_created = (plan.run, job["metadata"]["name"])
             plan = replace(plan, job=observe_job(job), create=False)
+        await self._post_job_created(tj, written)
         if plan.suspend is not None and plan.job is not None:
             # The mark says the operator suspended it: only then may it unsuspend it later.
             mark = "true" if plan.suspend else None
@@ -490,15 +492,15 @@ class Reconciler:
             posted = index + 1
         return f"{run}/{posted}" if posted > done else None
 
-    async def _post_job_created(self, tj: Mapping[str, Any], written: _Written, run: int, job: str) -> None:
-        """Post the JobCreated Event of `run` (`rendering.job_created_event_name`: 409 = already posted).
+    async def _post_job_created(self, tj: Mapping[str, Any], written: _Written) -> None:
+        """Post the pending JobCreated Event (`rendering.job_created_event_name`: 409 = already posted).
 
-        A failed post is logged, not raised: the Job exists, the run goes on; a later create of the same run
-        (its Job not yet seen) tries again.
+        A failed post is logged, not raised: the Job exists, the run goes on; the next reconcile in this
+        process posts it (a restarted operator does not: it sees the Job and creates nothing).
         """
-        key = f"create/{run}"
-        if key in written.events:
+        if written.job_created is None:
             return
+        run, job = written.job_created
         namespace = tj["metadata"]["namespace"]
         body = rendering.render_event(
             tj,
@@ -515,8 +517,8 @@ class Reconciler:
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             log.warning("could not post JobCreated of %s/%s: %s", namespace, tj["metadata"]["name"], exc)
             return
-        written.events.append(key)
-        del written.events[:-MAX_EVENT_KEYS]
+        if written.job_created == (run, job):
+            written.job_created = None
 
     def _event(
         self, tj: Mapping[str, Any], written: _Written, type_: str, reason: str, message: str, *, key: str

@@ -178,6 +178,28 @@ def test_called_from_a_transferjob_handler_the_run_annotations_ride_along_with_k
     assert not [c for c in kube.calls if c[0] == "patch" and not c[1].endswith("/status")]
 
 
+class ThrottledEventKube(RecordingKube):
+    """The first Event create answers 429."""
+
+    throttled = False
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> bool:
+        if body["kind"] == "Event" and not self.throttled:
+            self.throttled = True
+            raise kopf.TemporaryError("create Event failed with HTTP 429 (Too Many Requests)", delay=1)
+        return await super().create(path, body)
+
+
+def test_a_job_created_event_whose_post_failed_is_posted_by_the_next_reconcile() -> None:
+    kube = ThrottledEventKube()
+    reconciler = _reconciler(kube)
+    _run(reconciler, transferjob(), [], [])
+    assert kube.events == []
+    _run(reconciler, transferjob(), [job(1)], [])
+    _run(reconciler, transferjob(), [job(1)], [pod(running=True)])
+    assert [e for e in kube.events if e[1] == "JobCreated"] == [("Normal", "JobCreated")]
+
+
 # ---- status through kopf's patch (own handlers) and direct writes (Job/Pod events) ---------------------
 
 
