@@ -6,9 +6,9 @@ mid-run) through `tests.harness.faults` with `chaos.default_plan` (429 with Retr
 committed write, 409 on PATCH, watches cut after 1-8 s). The rules it checks are in chaos.py's docstring.
 
 What it reports: the faults injected by kind, Jobs created and duplicates, TransferJobs whose status broke a
-rule (lost), TransferJobs ended, the burst and settle times, the wall time, the load around the run. The
-targets are 0 duplicates, 0 lost, all ended; the times depend on the machine (the kill moments are seeded,
-the rest is not).
+rule (lost), JobCreated Events, TransferJobs ended, the burst and settle times, the wall time, the load
+around the run. The targets are 0 duplicates, 0 lost, all ended; the times depend on the machine (the kill
+moments are seeded, the rest is not).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def _section(report: ChaosReport, wall: float, before: tuple[float, ...], after:
 | Jobs created | {report.jobs_created} |
 | duplicate Jobs | {report.duplicate_jobs} |
 | TransferJobs with lost status | {len(report.lost_status)} |
+| JobCreated Events (at most one per TransferJob) | {report.job_created_events} |
 | TransferJobs ended | {report.ended} ({", ".join(f"{k} {v}" for k, v in sorted(report.phases.items()))}) |
 | burst (first create to last restart) | {report.burst_seconds:.0f} s |
 | all ended after the last restart | {report.settle_seconds:.0f} s |
