@@ -23,9 +23,10 @@ Status writes and kopf (the crash/consistency rules, docs/operator.md "Status wr
   notice Events have fixed names (409 = already posted).
 - A write that may not have landed puts the cached status in doubt (`_Written.in_doubt`): a deferred write
   until a body handed to reconcile shows it (kopf may lose its patch: a 409, or retries used up), a direct
-  write that failed (a 500 before the commit, a 504 after it, a cut connection). While in doubt, status
-  changes are not merge deltas against the cache (they would never write what the cache wrongly claims)
-  but the whole status, replaced (`Kube.replace_status`), even when the decided status equals the cache.
+  write that failed (a 500 before the commit, a 504 after it, a cut connection) until a write succeeds.
+  While in doubt, status changes are not merge deltas against the cache (they would never write what the
+  cache wrongly claims) but the whole status, replaced (`Kube.replace_status`), even when the decided
+  status equals the cache.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class _Written:
 
     status: dict[str, Any] | None = None  # the latest status decided (written, or on its way)
     in_doubt: bool = False  # the API server may not hold `status` (see the module docstring)
+    # A direct write failed: only a write that succeeds ends the doubt (a body showing the cached status may
+    # predate the failed write's commit: the watch lags).
+    write_failed: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
     status_fn: Callable[[kopf.RawBody], None] | None = None  # kopf patch function (see the module doc)
@@ -127,7 +131,12 @@ class Reconciler:
     def _confirm(self, transferjob: Mapping[str, Any]) -> None:
         """Clear the doubt about the cached status when `transferjob` (as the API server sent it) shows it."""
         written = self._written.get(transferjob["metadata"]["uid"])
-        if written is not None and written.in_doubt and (transferjob.get("status") or {}) == written.status:
+        if (
+            written is not None
+            and written.in_doubt
+            and not written.write_failed
+            and (transferjob.get("status") or {}) == written.status
+        ):
             written.in_doubt = False
 
     def _fresh(self, transferjob: Mapping[str, Any]) -> dict[str, Any]:
@@ -438,12 +447,12 @@ class Reconciler:
         # Until the reply says it landed, the server may hold this status or the one before (a 504 after
         # the commit, a cut connection): the cache keeps the one before (the next reconcile decides again
         # against it, so metrics count the change once it is written), in doubt.
-        written.in_doubt = True
+        written.in_doubt = written.write_failed = True
         if full:
             await self.kube.replace_status(path, status, what)
         else:
             await self.kube.patch(path, {"status": changes}, what)
-        written.status, written.in_doubt = status, False
+        written.status, written.in_doubt, written.write_failed = status, False, False
         return bool(changes)
 
     def _status_fn(self, uid: str) -> Callable[[kopf.RawBody], None]:

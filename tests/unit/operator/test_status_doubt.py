@@ -199,6 +199,30 @@ def test_a_status_write_answered_504_after_its_commit_leaves_no_stale_field_behi
     assert server.writes[-1][0] == "replace"
 
 
+def test_after_a_504_a_lagging_body_showing_the_older_status_does_not_end_the_doubt() -> None:
+    # The watch still shows the status from before the 504'd write (which committed): that is no proof.
+    server = StatusServer()
+    reconciler = _reconciler(
+        server,
+        TrainingProgress.model_validate(
+            {"state": "training", "epoch": 1, "totalEpochs": 4, "etaSeconds": 30}
+        ),
+    )
+    running = ([job(1)], [pod(running=True)])
+    _event(reconciler, server.seen(), *running)
+    lagging = server.seen()
+    server.fail = "after"
+    with contextlib.suppress(kopf.TemporaryError):
+        asyncio.run(reconciler.reconcile(server.seen(), *running, poll=True))
+    failed = job(
+        1, outcome="Failed", reason="BackoffLimitExceeded", message="Job has reached the backoff limit"
+    )
+    _event(reconciler, lagging, [failed], [pod(exit_code=1)])
+    assert server.body["status"]["phase"] == "Failed"
+    assert "etaSeconds" not in server.body["status"]
+    _complete(server.body["status"])
+
+
 def test_a_failed_final_status_write_is_retried_by_a_reconcile_that_decides_nothing_new() -> None:
     # The write of Succeeded failed; the progress timer's next reconcile sees the same Job and pods.
     server = StatusServer()
