@@ -27,6 +27,7 @@ from kubegraft.spec import GROUP, PLURAL, VERSION
 from kubegraft_operator.errors import translate_api_error
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,10 @@ class Kube:
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise
-            raise translate_api_error(exc.status, what, str(exc.reason or "")) from exc
+            retry_after = (exc.headers or {}).get("Retry-After")
+            raise translate_api_error(
+                exc.status, what, str(exc.reason or ""), retry_after=retry_after
+            ) from exc
         except (HTTPError, OSError) as exc:
             raise translate_api_error(None, what, type(exc).__name__) from exc
 
@@ -173,6 +177,22 @@ class Kube:
                 log.debug("%s is gone; nothing to patch", what)
                 return
             raise translate_api_error(exc.status, f"patch {what}") from exc
+
+    async def replace_status(self, path: str, status: Mapping[str, Any], what: str) -> None:
+        """Set the whole status at `path` (a /status subresource) to `status`; a missing object is left alone.
+
+        A JSON patch `add /status` (RFC 6902: replaces the member if present), so the result does not
+        depend on what the server held before: used when the operator cannot be sure of that (a write of
+        its own may have been lost, see `reconcile`).
+        """
+        operations = [{"op": "add", "path": "/status", "value": dict(status)}]
+        try:
+            await self._request(f"write {what}", "PATCH", path, operations, JSON_PATCH)
+        except ApiException as exc:
+            if exc.status == 404:
+                log.debug("%s is gone; nothing to write", what)
+                return
+            raise translate_api_error(exc.status, f"write {what}") from exc
 
     @staticmethod
     def post_event(transferjob: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -21,6 +21,12 @@ Status writes and kopf (the crash/consistency rules, docs/operator.md "Status wr
 - A crash before kopf applies its patch loses nothing that matters: the resume handler re-observes the
   Job and Pods and derives the same status again; Job names are deterministic (409 = already there) and
   notice Events have fixed names (409 = already posted).
+- A write that may not have landed puts the cached status in doubt (`_Written.in_doubt`): a deferred write
+  until a body handed to reconcile shows it (kopf may lose its patch: a 409, or retries used up), a direct
+  write that failed (a 500 before the commit, a 504 after it, a cut connection) until a write succeeds.
+  While in doubt, status changes are not merge deltas against the cache (they would never write what the
+  cache wrongly claims) but the whole status, replaced (`Kube.replace_status`), even when the decided
+  status equals the cache.
 """
 
 from __future__ import annotations
@@ -96,10 +102,15 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
 class _Written:
     """What this process last wrote to a TransferJob (the only writer of status and run annotations)."""
 
-    status: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None  # the latest status decided (written, or on its way)
+    in_doubt: bool = False  # the API server may not hold `status` (see the module docstring)
+    # A direct write failed: only a write that succeeds ends the doubt (a body showing the cached status may
+    # predate the failed write's commit: the watch lags).
+    write_failed: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
     status_fn: Callable[[kopf.RawBody], None] | None = None  # kopf patch function (see the module doc)
+    job_created: tuple[int, str] | None = None  # (run, Job name) whose JobCreated Event is not yet posted
 
 
 @dataclass
@@ -116,6 +127,17 @@ class Reconciler:
         """Drop what is cached about a deleted TransferJob."""
         self._locks.pop(uid, None)
         self._written.pop(uid, None)
+
+    def _confirm(self, transferjob: Mapping[str, Any]) -> None:
+        """Clear the doubt about the cached status when `transferjob` (as the API server sent it) shows it."""
+        written = self._written.get(transferjob["metadata"]["uid"])
+        if (
+            written is not None
+            and written.in_doubt
+            and not written.write_failed
+            and (transferjob.get("status") or {}) == written.status
+        ):
+            written.in_doubt = False
 
     def _fresh(self, transferjob: Mapping[str, Any]) -> dict[str, Any]:
         """The body with this process's own last writes laid over it (the watch may lag behind them)."""
@@ -168,6 +190,7 @@ class Reconciler:
             try:
                 if transferjob["metadata"].get("deletionTimestamp"):
                     return
+                self._confirm(transferjob)
                 await self._reconcile(
                     self._fresh(transferjob),
                     list(jobs),
@@ -287,11 +310,11 @@ class Reconciler:
             job = rendering.render_job(tj, plan.run, plan.generation, self.config, spec)
             if await self.kube.create(job_path(namespace), job):
                 metrics.RUNS_STARTED.inc()
-                message = f"Created Job {job['metadata']['name']} for run {plan.run}."
-                self._event(
-                    tj, written, "Normal", planning.Reason.JOB_CREATED, message, key=f"create/{plan.run}"
-                )
+            # Also after a 409: the Job may be this process's own, its create's reply lost (a 504 after the
+            # commit). The Event's fixed name posts it once per run either way.
+            written.job_created = (plan.run, job["metadata"]["name"])
             plan = replace(plan, job=observe_job(job), create=False)
+        await self._post_job_created(tj, written)
         if plan.suspend is not None and plan.job is not None:
             # The mark says the operator suspended it: only then may it unsuspend it later.
             mark = "true" if plan.suspend else None
@@ -328,13 +351,11 @@ class Reconciler:
         result = planning.derive_status(
             tj, plan, pods, progress, now_rfc3339(), spec=spec, rejection=rejection, explanation=explanation
         )
-        changes = planning.status_patch(previous, result.status)
-        if changes:
-            await self._write_status(
-                tj, written, result.status, changes, patch=patch, defer_status=defer_status
-            )
-            if (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
-                metrics.record_outcome(result.summary.phase, result.summary.reason)
+        changed = await self._write_status(
+            tj, written, previous, result.status, patch=patch, defer_status=defer_status
+        )
+        if changed and (previous.get("phase"), previous.get("run")) != (result.summary.phase, plan.run):
+            metrics.record_outcome(result.summary.phase, result.summary.reason)
         annotations: dict[str, str | None] = dict(planning.annotations_patch(tj, plan))
         emitted = await self._post_notices(tj, plan.run, result.notices)
         if emitted is not None:
@@ -364,11 +385,11 @@ class Reconciler:
         written = self._written.setdefault(uid, _Written())
         previous = tj.get("status") or {}
         status, summary = planning.invalid_spec_status(tj, plan, message, now_rfc3339())
-        changes = planning.status_patch(previous, status)
-        if changes:
-            await self._write_status(tj, written, status, changes, patch=patch, defer_status=defer_status)
-            if (previous.get("phase"), previous.get("run")) != (summary.phase, plan.run):
-                metrics.record_outcome(summary.phase, summary.reason)
+        changed = await self._write_status(
+            tj, written, previous, status, patch=patch, defer_status=defer_status
+        )
+        if changed and (previous.get("phase"), previous.get("run")) != (summary.phase, plan.run):
+            metrics.record_outcome(summary.phase, summary.reason)
         await self._write_annotations(tj, written, dict(planning.annotations_patch(tj, plan)), patch)
         self._event(tj, written, "Warning", summary.reason, summary.message, key=f"invalid/{plan.run}")
         metrics.record_phase(namespace, name, summary.phase)
@@ -396,24 +417,43 @@ class Reconciler:
         self,
         tj: dict[str, Any],
         written: _Written,
+        previous: dict[str, Any],
         status: dict[str, Any],
-        changes: dict[str, Any],
         *,
         patch: kopf.Patch | None,
         defer_status: bool,
-    ) -> None:
-        """Write a changed status: through kopf's patch from the TransferJob's own handlers, else directly."""
+    ) -> bool:
+        """Write `status` if it changed or the server may not hold it (module docstring); True if it changed.
+
+        Through kopf's patch from the TransferJob's own handlers, else directly: the merge delta against
+        `previous` (the cached status) when the cache is sure, the whole status when it is in doubt.
+        A direct write that fails puts the cache in doubt and raises.
+        """
+        changes = planning.status_patch(previous, status)
+        if not changes and not written.in_doubt:
+            return False
         if defer_status and patch is not None:
             written.status = status
+            written.in_doubt = True  # until a body shows it: kopf may yet lose its patch
             if written.status_fn is None:
                 written.status_fn = self._status_fn(tj["metadata"]["uid"])
             if written.status_fn not in patch.fns:
                 patch.fns.append(written.status_fn)
-            return
+            return bool(changes)
         namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
         path = transferjob_path(namespace, name, "status")
-        await self.kube.patch(path, {"status": changes}, f"TransferJob {namespace}/{name} status")
-        written.status = status
+        what = f"TransferJob {namespace}/{name} status"
+        full = written.in_doubt
+        # Until the reply says it landed, the server may hold this status or the one before (a 504 after
+        # the commit, a cut connection): the cache keeps the one before (the next reconcile decides again
+        # against it, so metrics count the change once it is written), in doubt.
+        written.in_doubt = written.write_failed = True
+        if full:
+            await self.kube.replace_status(path, status, what)
+        else:
+            await self.kube.patch(path, {"status": changes}, what)
+        written.status, written.in_doubt, written.write_failed = status, False, False
+        return bool(changes)
 
     def _status_fn(self, uid: str) -> Callable[[kopf.RawBody], None]:
         """kopf patch function: lay this process's latest decided status over the freshest body."""
@@ -460,6 +500,34 @@ class Reconciler:
                 metrics.record_notice(reason)
             posted = index + 1
         return f"{run}/{posted}" if posted > done else None
+
+    async def _post_job_created(self, tj: Mapping[str, Any], written: _Written) -> None:
+        """Post the pending JobCreated Event (`rendering.job_created_event_name`: 409 = already posted).
+
+        A failed post is logged, not raised: the Job exists, the run goes on; the next reconcile in this
+        process posts it (a restarted operator does not: it sees the Job and creates nothing).
+        """
+        if written.job_created is None:
+            return
+        run, job = written.job_created
+        namespace = tj["metadata"]["namespace"]
+        body = rendering.render_event(
+            tj,
+            rendering.job_created_event_name(tj, run),
+            "Normal",
+            planning.Reason.JOB_CREATED,
+            f"Created Job {job} for run {run}.",
+            now=datetime.now(UTC).isoformat(),
+            component=REPORTING_COMPONENT,
+            instance=os.environ.get("HOSTNAME", REPORTING_COMPONENT),
+        )
+        try:
+            await self.kube.create(event_path(namespace), body)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            log.warning("could not post JobCreated of %s/%s: %s", namespace, tj["metadata"]["name"], exc)
+            return
+        if written.job_created == (run, job):
+            written.job_created = None
 
     def _event(
         self, tj: Mapping[str, Any], written: _Written, type_: str, reason: str, message: str, *, key: str

@@ -189,6 +189,16 @@ def notice_event_name(transferjob: Mapping[str, Any], run: int, index: int) -> s
     return f"{meta['name'][:200]}.{str(meta.get('uid', ''))[:8]}.r{run}.n{index}"
 
 
+def job_created_event_name(transferjob: Mapping[str, Any], run: int) -> str:
+    """The JobCreated Event of run `run`: `<name>.<uid prefix>.r<run>.created` (deterministic, once per run).
+
+    Posted after a create that answered 201 and after one that answered 409 (the Job was there: a create
+    whose reply was lost, or a crash before the watch saw it): the fixed name makes the second post a 409.
+    """
+    meta = transferjob["metadata"]
+    return f"{meta['name'][:200]}.{str(meta.get('uid', ''))[:8]}.r{run}.created"
+
+
 def render_event(
     transferjob: Mapping[str, Any],
     name: str,

@@ -48,6 +48,7 @@ from tests.harness.s3_fault_proxy import Fault, FaultProxy
 __all__ = ["SCENARIOS", "Outcome", "Scenario", "Workbench", "tiny_backbone", "workbench"]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+OPERATOR_SECTION = "\n## API server faults and operator kills"
 _DATA = r"/data/"
 _CHECKPOINTS = r"/checkpoints/"
 _GET = frozenset({"GET"})
@@ -325,7 +326,9 @@ def _report(outcomes: list[Outcome], seconds: float) -> str:
     verdicts = Counter(o.verdict for o in outcomes)
     injected = sum((o.injected for o in outcomes), Counter())
     lines = [
-        "# Reliability: the trainer against S3 faults",
+        "# Reliability",
+        "",
+        "## The trainer against S3 faults",
         "",
         "Produced by `PYTHONPATH=. .venv/bin/python -m tests.harness.reliability` "
         f"({seconds:.0f} s on the shared 2-core development machine). Each scenario runs a small real "
@@ -373,7 +376,10 @@ def main() -> int:
                 f"{scenario.name}: {outcome.verdict} {dict(outcome.injected)} {outcome.problems}", flush=True
             )
             outcomes.append(outcome)
-    DOC.write_text(_report(outcomes, time.monotonic() - started))
+    # The operator's section (API faults and kills, bench/bench_chaos.py) is written by hand: kept.
+    before = DOC.read_text() if DOC.exists() else ""
+    kept = before[before.index(OPERATOR_SECTION) :] if OPERATOR_SECTION in before else ""
+    DOC.write_text(_report(outcomes, time.monotonic() - started) + kept)
     print(f"wrote {DOC}")
     return 1 if any(o.verdict == "lost" for o in outcomes) else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Mapping
 from typing import Any
@@ -16,11 +17,18 @@ from kubegraft_operator.kube import Kube
 from kubegraft_operator.observation import observe_job
 from kubegraft_operator.progress_client import ProgressClient
 from kubegraft_operator.reconcile import Reconciler
+from kubegraft_operator.rendering import job_created_event_name
 from tests.unit.operator.factories import job, pod, transferjob, with_spec
+
+JOB_CREATED_EVENT = job_created_event_name(transferjob(), 1)
 
 
 class RecordingKube(Kube):
-    """Kube that records calls instead of making them; `existing` names answer 409 on create."""
+    """Kube that records calls instead of making them; `existing` names answer 409 on create.
+
+    Events created by name are calls of kind "event"; `events` holds (type, reason) of every Event posted
+    (created, or through `post_event`).
+    """
 
     def __init__(self, existing: set[str] | None = None) -> None:
         super().__init__(k8s.ApiClient())
@@ -29,8 +37,15 @@ class RecordingKube(Kube):
         self.existing = existing or set()
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
-        self.calls.append(("create", body["metadata"]["name"], body))
-        return body["metadata"]["name"] not in self.existing
+        name = body["metadata"]["name"]
+        new = name not in self.existing
+        if body["kind"] == "Event":
+            self.calls.append(("event", name, body))
+            if new:
+                self.events.append((body["type"], body["reason"]))
+            return new
+        self.calls.append(("create", name, body))
+        return new
 
     async def delete(self, path: str, what: str) -> bool:
         self.calls.append(("delete", path.rsplit("/", 1)[-1], None))
@@ -38,6 +53,9 @@ class RecordingKube(Kube):
 
     async def patch(self, path: str, patch: Mapping[str, Any], what: str) -> None:
         self.calls.append(("patch", path, patch))
+
+    async def replace_status(self, path: str, status: Mapping[str, Any], what: str) -> None:
+        self.calls.append(("replace", path, {"status": dict(status)}))
 
     def post_event(self, transferjob: Mapping[str, Any], type_: str, reason: str, message: str) -> None:  # type: ignore[override]
         self.events.append((type_, reason))
@@ -65,11 +83,37 @@ def test_first_reconcile_creates_configmap_then_job_and_records_status_and_run()
 
 def test_second_reconcile_after_crash_creates_no_second_job_and_posts_no_duplicate_event() -> None:
     # The Job exists (409) but the TransferJob's annotations were never written: same name, no new run.
-    kube = RecordingKube(existing={"flowers-1", "flowers-1-spec"})
+    # The first process posted JobCreated: its fixed name answers 409.
+    kube = RecordingKube(existing={"flowers-1", "flowers-1-spec", JOB_CREATED_EVENT})
     _run(_reconciler(kube), transferjob(), [], [])
     created = [c[1] for c in kube.calls if c[0] == "create"]
     assert created == ["flowers-1-spec", "flowers-1"]
     assert kube.events == []
+
+
+class LostReplyKube(RecordingKube):
+    """The first Job create commits, then its reply is lost (504): the next create of it answers 409."""
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> bool:
+        created = await super().create(path, body)
+        if body["kind"] == "Job" and created:
+            self.existing.add(body["metadata"]["name"])
+            raise kopf.TemporaryError("create Job flowers-1 failed with HTTP 504 (Timeout)", delay=5)
+        return created
+
+
+def test_a_job_create_whose_reply_was_lost_still_posts_job_created_once() -> None:
+    kube = LostReplyKube()
+    reconciler = _reconciler(kube)
+    with contextlib.suppress(kopf.TemporaryError):
+        _run(reconciler, transferjob(), [], [])
+    assert kube.events == []
+    _run(reconciler, transferjob(), [], [])  # 409: the Job is there
+    _run(reconciler, transferjob(), [job(1)], [])
+    assert kube.events == [("Normal", "JobCreated")]
+    (event,) = [c[2] for c in kube.calls if c[0] == "event"]
+    assert event["metadata"]["name"] == JOB_CREATED_EVENT
+    assert event["message"] == "Created Job flowers-1 for run 1."
 
 
 def test_a_reconcile_with_nothing_new_makes_no_request() -> None:
@@ -90,7 +134,7 @@ def test_a_spec_change_deletes_the_running_job_and_its_configmap_then_creates_th
         annotations={"kubegraft.io/run": "1", "kubegraft.io/run-spec-hash": job(1).spec_hash},
     )
     _run(_reconciler(kube), tj, [job(1)], [])
-    acts = [(c[0], c[1]) for c in kube.calls if c[0] != "patch"]
+    acts = [(c[0], c[1]) for c in kube.calls if c[0] in ("create", "delete")]
     assert acts == [
         ("delete", "flowers-1"),
         ("delete", "flowers-1-spec"),
@@ -134,6 +178,28 @@ def test_called_from_a_transferjob_handler_the_run_annotations_ride_along_with_k
     assert not [c for c in kube.calls if c[0] == "patch" and not c[1].endswith("/status")]
 
 
+class ThrottledEventKube(RecordingKube):
+    """The first Event create answers 429."""
+
+    throttled = False
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> bool:
+        if body["kind"] == "Event" and not self.throttled:
+            self.throttled = True
+            raise kopf.TemporaryError("create Event failed with HTTP 429 (Too Many Requests)", delay=1)
+        return await super().create(path, body)
+
+
+def test_a_job_created_event_whose_post_failed_is_posted_by_the_next_reconcile() -> None:
+    kube = ThrottledEventKube()
+    reconciler = _reconciler(kube)
+    _run(reconciler, transferjob(), [], [])
+    assert kube.events == []
+    _run(reconciler, transferjob(), [job(1)], [])
+    _run(reconciler, transferjob(), [job(1)], [pod(running=True)])
+    assert [e for e in kube.events if e[1] == "JobCreated"] == [("Normal", "JobCreated")]
+
+
 # ---- status through kopf's patch (own handlers) and direct writes (Job/Pod events) ---------------------
 
 
@@ -158,7 +224,18 @@ def _merge_into(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
 
 
 def _status_writes(kube: RecordingKube) -> list[dict[str, Any]]:
-    return [c[2]["status"] for c in kube.calls if c[0] == "patch" and c[1].endswith("/status")]
+    return [c[2]["status"] for c in kube.calls if c[0] in ("patch", "replace") and c[1].endswith("/status")]
+
+
+def _stored_status(body: dict[str, Any], kube: RecordingKube) -> dict[str, Any]:
+    """The status the API server holds after `kube`'s direct writes (merge deltas, whole replacements)."""
+    status = copy.deepcopy(body.get("status") or {})
+    for kind, path, sent in kube.calls:
+        if kind == "replace":
+            status = copy.deepcopy(sent["status"])
+        elif kind == "patch" and path.endswith("/status"):
+            _merge_into(status, sent["status"])
+    return status
 
 
 def test_from_its_own_handler_the_status_rides_on_kopfs_patch_not_a_request_of_its_own() -> None:
@@ -183,8 +260,7 @@ def test_a_deferred_status_never_puts_back_an_older_one_written_meanwhile() -> N
     asyncio.run(reconciler.reconcile(tj, [], [], patch=patch, defer_status=True))
     asyncio.run(reconciler.reconcile(tj, [job(1)], [pod(running=True)]))
     api = copy.deepcopy(tj)
-    for write in _status_writes(kube):
-        _merge_into(api.setdefault("status", {}), write)
+    api["status"] = _stored_status(tj, kube)
     stored = _apply(api, patch)
     assert stored["status"]["phase"] == "Running"
     assert stored["status"]["run"] == 1
@@ -195,7 +271,7 @@ def test_a_crash_before_kopf_applied_the_status_is_repaired_by_the_restarted_ope
     # The first process created the Job and decided the status, then died before kopf patched anything.
     first = RecordingKube()
     asyncio.run(_reconciler(first).reconcile(transferjob(), [], [], patch=kopf.Patch(), defer_status=True))
-    restarted = RecordingKube(existing={"flowers-1", "flowers-1-spec"})
+    restarted = RecordingKube(existing={"flowers-1", "flowers-1-spec", JOB_CREATED_EVENT})
     patch = kopf.Patch()
     tj = transferjob()
     asyncio.run(_reconciler(restarted).reconcile(tj, [], [], patch=patch, defer_status=True))
@@ -221,7 +297,7 @@ def _posted(kube: RecordingKube) -> list[tuple[str, str, str]]:
     return [
         (c[1], c[2]["type"], c[2]["reason"])
         for c in kube.calls
-        if c[0] == "create" and c[2]["kind"] == "Event"
+        if c[0] == "event" and c[2]["reason"] != "JobCreated"
     ]
 
 
@@ -330,7 +406,7 @@ def test_a_spec_change_to_a_disallowed_image_stops_the_old_run_and_starts_none()
         annotations={"kubegraft.io/run": "1", "kubegraft.io/run-spec-hash": job(1).spec_hash},
     )
     _run(_allow_list_reconciler(kube), tj, [job(1)], [])
-    acts = [(c[0], c[1]) for c in kube.calls if c[0] != "patch"]
+    acts = [(c[0], c[1]) for c in kube.calls if c[0] in ("create", "delete")]
     assert acts == [("delete", "flowers-1"), ("delete", "flowers-1-spec")]
     assert ("Warning", "ImageNotAllowed") in kube.events
 

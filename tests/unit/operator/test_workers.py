@@ -12,7 +12,7 @@ from kubegraft_operator.config import OperatorConfig
 from kubegraft_operator.observation import PodView, observe_job, observe_pod
 from kubegraft_operator.planning import derive_status, plan_run
 from kubegraft_operator.reconcile import Reconciler
-from kubegraft_operator.rendering import render_job, render_service
+from kubegraft_operator.rendering import job_created_event_name, render_job, render_service
 from tests.unit.operator.factories import job, pod, transferjob, with_spec
 from tests.unit.operator.test_reconcile import RecordingKube, _reconciler
 
@@ -105,9 +105,9 @@ def test_first_reconcile_creates_the_service_before_the_job_whose_pods_need_it()
 
 
 def test_a_crashed_reconcile_recreates_nothing_twice_the_service_answers_409() -> None:
-    kube = RecordingKube(existing={"flowers-1-spec", "flowers-1"})
+    kube = RecordingKube(existing={"flowers-1-spec", "flowers-1", job_created_event_name(transferjob(), 1)})
     asyncio.run(_reconciler(kube).reconcile(transferjob(TWO), [], []))
-    assert kube.events == []  # the Job already existed: no second JobCreated
+    assert kube.events == []  # the Job and its JobCreated already existed: no second JobCreated
 
 
 def test_stopping_an_older_multi_worker_run_deletes_its_service_too() -> None:
