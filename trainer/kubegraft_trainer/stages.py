@@ -786,6 +786,12 @@ class StageRunner:
             trained, state.stage if state is not None else None, cached, cut, stage.name
         )
         self.tracker.start_stage(index, stage.name, stage.epochs, initial_epoch)
+        replicas = self.strategy.num_replicas_in_sync
+        self.tracker.update(
+            replicas=replicas,
+            global_batch_size=stage.batch_size,
+            per_replica_batch_size=per_replica_batch(stage.batch_size, replicas),
+        )
         if initial_epoch:
             self.tracker.update(completed_epochs=self.tracker.snapshot().completed_epochs + initial_epoch)
         es = None
