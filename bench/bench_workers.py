@@ -175,7 +175,8 @@ def run() -> str:
             "",
             f"Machine: {platform.machine()}, {cpus} CPU core(s), no GPU; Python {platform.python_version()}; "
             f"load average (1/5/15 min) {load_before} before, {load_after} after. "
-            f"{_PER_CLASS * len(_CLASSES)} PNGs ({one['train_images']} training images), "
+            f"{_PER_CLASS * len(_CLASSES)} PNGs (BENCH_WORKERS_PER_CLASS={_PER_CLASS}: {one['train_images']} "
+            "training images), "
             "a 1-epoch head stage, "
             f"then a fine-tune of the whole MobileNetV2 (alpha 0.35, 32 px) for {_TUNE_EPOCHS} epochs at a "
             "global batch of 32, the same in every row. Each row is a fresh run, one after the other.",
@@ -196,8 +197,10 @@ def run() -> str:
             "measure the cost of distribution, not a speed-up; a speed-up needs a device (GPU) or a node per "
             "replica.",
             "",
-            "Few steps per epoch at the default size, so the ratios include per-step overheads more than a "
-            "long run would. With 225 training images (BENCH_WORKERS_PER_CLASS=60) the 2-replica run failed: "
-            "its last batch of 1 image leaves one replica no example (`Incompatible shapes: [0,32,32,3]`).",
+            f"{-(-one['train_images'] // 32)} steps per epoch, so the ratios include per-step overheads more "
+            f"than a long run would. Each epoch ends with a batch of {one['train_images'] % 32 or 32} "
+            "image(s); one too small to give every replica an example is computed whole by each replica "
+            "(`devices.feed_every_replica`; before, 225 training images failed the 2-replica run with "
+            "`Incompatible shapes: [0,32,32,3] vs. [16]`).",
         ]
     )

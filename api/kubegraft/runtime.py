@@ -131,6 +131,15 @@ class TrainingProgress(ApiModel):
     eta_seconds: float | None = Field(
         None, ge=0, description="Seconds to the end of training at the measured pace; None: unknown."
     )
+    replicas: int | None = Field(None, ge=1, description="Replicas training in sync, over all workers.")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Examples per optimizer step of the current stage (its batchSize), all replicas.",
+    )
+    per_replica_batch_size: int | None = Field(
+        None, ge=1, description="Examples each replica computes per step of the current stage."
+    )
     search_epochs_done: int = Field(
         0, ge=0, description="strategy auto: epochs the finished candidates ran (not in completedEpochs)."
     )

@@ -243,7 +243,9 @@ class Stage(ApiModel):
         ),
     )
     epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs for this stage. Default 10.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Images per batch (per replica). Default 32.")
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Images per optimizer step, split across the replicas. Default 32."
+    )
     optimizer: Optimizer = Field("adam", description="Optimizer: adam, adamw, sgd or rmsprop. Default adam.")
     learning_rate: float = Field(
         1.0e-3, gt=0, le=10, description="Learning rate; use a small one (1e-4 to 1e-5) when fine-tuning."

@@ -96,6 +96,13 @@ class TransferJobStatus(ApiModel):
     recipe: str | None = Field(None, description="The training recipe in short form (chosen or given).")
     model_uri: str | None = Field(None, description="The published model version, e.g. s3://models/cars/3/.")
     job_name: str | None = Field(None, description="The batch/v1 Job running the current run.")
+    replicas: int | None = Field(None, ge=1, description="Replicas training in sync (GPUs, or 1 per worker).")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Examples per optimizer step of the current stage (batchSize), all replicas."
+    )
+    per_replica_batch_size: int | None = Field(
+        None, ge=1, description="Examples each replica computes per step of the current stage."
+    )
     workers: WorkerCounts | None = Field(
         None, description="With spec.workers > 1: worker pods running (ready) of the run's total."
     )

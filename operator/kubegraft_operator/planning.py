@@ -541,6 +541,9 @@ _PROGRESS_FIELDS = (
     "images",
     "recipe",
     "modelUri",
+    "replicas",
+    "globalBatchSize",
+    "perReplicaBatchSize",
 )
 # What a new lastUpdateTime stamps: the fields that move while a run trains.
 _MOVING_FIELDS = ("stage", "epoch", "totalEpochs", "progress", "etaSeconds", "metrics")
@@ -559,6 +562,9 @@ def _progress_fields(progress: TrainingProgress) -> dict[str, Any]:
         "images": progress.images.model_dump(by_alias=True) if progress.images.train else None,
         "recipe": progress.recipe,
         "modelUri": progress.model_uri,
+        "replicas": progress.replicas,
+        "globalBatchSize": progress.global_batch_size,
+        "perReplicaBatchSize": progress.per_replica_batch_size,
     }
     return {k: v for k, v in fields.items() if v is not None}
 

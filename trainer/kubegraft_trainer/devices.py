@@ -39,6 +39,8 @@ __all__ = [
     "ENV_PRECISION",
     "build_from_one_replica",
     "configure_devices",
+    "eval_batch_size",
+    "feed_every_replica",
     "per_replica_batch",
     "replica_devices",
 ]
@@ -164,6 +166,77 @@ def per_replica_batch(global_batch: int, replicas: int) -> int:
         ``ceil(global_batch / replicas)``.
     """
     return -(-global_batch // max(1, replicas))
+
+
+def _feeds_every_replica(rows: int, replicas: int) -> bool:
+    """Whether a batch of ``rows`` split as tf.distribute splits it (`per_replica_batch` each, the last
+    replica the rest) gives every replica at least one example."""
+    return rows == 0 or per_replica_batch(rows, replicas) * (replicas - 1) < rows
+
+
+def feed_every_replica(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """``dataset`` of ``(x, y)`` batches with each batch that would leave a replica no example repeated.
+
+    tf.distribute splits a batch evenly across the replicas (`per_replica_batch` each, the last one the
+    rest), so the last batch of an epoch can leave a replica empty: 1 image on 2 replicas gives 1 and 0. An
+    empty batch breaks training (TensorFlow's oneDNN Conv2D returns its empty input unchanged, so the layer
+    after it fails with "Incompatible shapes: [0,32,32,3] vs. [16]", and BatchNormalization's statistics of
+    no examples are NaN). Such a batch is repeated ``replicas`` times instead, so that each replica
+    computes the whole batch: Keras averages the replicas' mean losses, which is the batch's mean loss,
+    so the step is the one a single replica takes (same gradient, same BatchNormalization statistics).
+    The epoch's logged training loss and accuracy count that batch ``replicas`` times. Other batches pass
+    unchanged; with one replica the dataset is returned as is.
+
+    Args:
+        dataset: Batches of ``(x, y)`` (a stage's training batches, or evaluation batches).
+        replicas: Replicas in sync.
+
+    Returns:
+        The dataset whose every batch gives every replica an example.
+    """
+    if replicas <= 1:
+        return dataset
+    count = tf.constant(replicas, tf.int32)
+
+    def fill(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        rows = tf.shape(x)[0]
+        share = (rows + count - 1) // count
+        times = tf.where(share * (count - 1) >= rows, count, 1)
+        return _repeat_rows(x, times), _repeat_rows(y, times)
+
+    return dataset.map(fill)
+
+
+def _repeat_rows(tensor: tf.Tensor, times: tf.Tensor) -> tf.Tensor:
+    """``tensor``'s rows ``times`` times over, one whole copy after the other."""
+    multiples = tf.concat([[times], tf.ones([tf.rank(tensor) - 1], tf.int32)], axis=0)
+    return tf.tile(tensor, multiples)
+
+
+def eval_batch_size(examples: int, batch_size: int, replicas: int) -> int:
+    """The evaluation batch size from ``batch_size`` up whose batches of ``examples`` feed every replica.
+
+    Evaluation results do not depend on the batching, but a last batch smaller than the replicas need
+    would leave one of them empty (`feed_every_replica`, which repeats such a batch, would count it several
+    times in the metrics). This picks the first size from ``max(batch_size, replicas)`` on, over at most
+    ``batch_size`` sizes, whose batches all give every replica an example; ``batch_size`` when none does
+    (then `feed_every_replica` repeats the last batch) or with one replica.
+
+    Args:
+        examples: Examples in the split.
+        batch_size: The stage's batch size.
+        replicas: Replicas in sync.
+
+    Returns:
+        The batch size to evaluate with.
+    """
+    if replicas <= 1 or examples <= 0:
+        return batch_size
+    start = max(batch_size, replicas)
+    for size in range(start, start + batch_size + 1):
+        if _feeds_every_replica(size, replicas) and _feeds_every_replica(examples % size, replicas):
+            return size
+    return batch_size
 
 
 def build_from_one_replica(model: keras.Model, strategy: tf.distribute.Strategy) -> None:

@@ -86,14 +86,6 @@ def distributable(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def array_dataset(x: Any, y: Any, batch_size: int, *, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """A batched dataset of in-memory arrays for a multi-worker fit (shuffled alike on every worker)."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return distributable(dataset.batch(batch_size))
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc

@@ -45,7 +45,12 @@ from kubegraft.logs import console
 from kubegraft.runtime import NoticeReason
 from kubegraft.spec import EarlyStopping, Stage, TransferJobSpec
 from kubegraft_trainer.checkpoints import CheckpointStore, RunState, StageCheckpoint, restore_optimizer
-from kubegraft_trainer.devices import build_from_one_replica, per_replica_batch
+from kubegraft_trainer.devices import (
+    build_from_one_replica,
+    eval_batch_size,
+    feed_every_replica,
+    per_replica_batch,
+)
 from kubegraft_trainer.head_loop import EVAL_CHUNK, HeadLoop, epoch_batches
 from kubegraft_trainer.inference import (
     extract_arrays,
@@ -62,7 +67,7 @@ from kubegraft_trainer.model import (
     frozen_prefix,
     set_trainable,
 )
-from kubegraft_trainer.multiworker import array_dataset, distributable, is_multi_worker
+from kubegraft_trainer.multiworker import distributable, is_multi_worker
 from kubegraft_trainer.progress import ProgressCallback, ProgressTracker
 from kubegraft_trainer.sources import DEFAULT_MEMORY_BUDGET
 from kubegraft_trainer.tensorboard_log import RunWriter, TensorBoardCallback, TensorBoardLog
@@ -617,52 +622,44 @@ class StageRunner:
     ) -> None:
         """Train ``trained`` on ``arrays`` (cached features or prefix activations), else on the pixels.
 
-        ``batchSize`` is the global batch: with several replicas Keras splits each batch across them. On
-        arrays one replica trains with `HeadLoop`, several with ``model.fit`` on the same batches in the same
-        order (`epoch_batches`), so the replica count changes only how each step's arithmetic is spread.
+        ``batchSize`` is the global batch: with several replicas (or workers) Keras splits each batch
+        across them. On arrays one replica trains with `HeadLoop`, several with ``model.fit`` on the same
+        batches in the same order (`epoch_batches`), so the replica count changes only how each step's
+        arithmetic is spread. A batch too small to give every replica an example is computed whole by each
+        (`feed_every_replica`), and evaluation batches are sized so that none is (`eval_batch_size`).
         """
         batch = stage.batch_size
         seed = self.spec.dataset.seed + index
+        replicas = self.strategy.num_replicas_in_sync
         build_from_one_replica(trained, self.strategy)
-        if arrays is not None and is_multi_worker(self.strategy):
-            # Several workers: datasets every worker reads alike and shards (Keras' array path does not).
+        if arrays is not None and replicas == 1:
             train, validation = arrays
-            trained.fit(
-                array_dataset(train[0], train[1], batch, shuffle=True, seed=seed),
+            (self._loop or HeadLoop(trained, batch)).fit(
+                train,
                 epochs=stage.epochs,
                 initial_epoch=initial_epoch,
-                validation_data=(
-                    array_dataset(validation[0], validation[1], batch, shuffle=False, seed=0)
-                    if validation is not None
-                    else None
-                ),
+                validation=validation,
                 callbacks=callbacks,
-                verbose=self.verbose,
+                seed=seed,
             )
             return
         if arrays is not None:
+            # Several replicas, in this pod or over several workers: Keras' loop splits each of the head
+            # loop's batches across them (every worker reads the same batches and keeps its share).
             train, validation = arrays
-            if self.strategy.num_replicas_in_sync == 1:
-                (self._loop or HeadLoop(trained, batch)).fit(
-                    train,
-                    epochs=stage.epochs,
-                    initial_epoch=initial_epoch,
-                    validation=validation,
-                    callbacks=callbacks,
-                    seed=seed,
-                )
-                return
-            # Several replicas: Keras' loop splits each of the head loop's batches across them.
             batches, steps = epoch_batches(
                 train[0], train[1], batch, seed=seed, epochs=range(initial_epoch, stage.epochs)
             )
+            validation_batches = None
+            if validation is not None:
+                size = eval_batch_size(len(validation[0]), batch, replicas)
+                validation_batches = tf.data.Dataset.from_tensor_slices(validation).batch(size)
             trained.fit(
-                batches,
+                self._distributable(batches),
                 steps_per_epoch=steps,
                 epochs=stage.epochs,
                 initial_epoch=initial_epoch,
-                validation_data=validation,
-                validation_batch_size=batch,
+                validation_data=self._distributable(validation_batches),
                 shuffle=False,  # the batches come in epoch_order
                 callbacks=callbacks,
                 verbose=self.verbose,
@@ -673,23 +670,27 @@ class StageRunner:
             # warns at the end of every epoch that the input "ran out of data": expected here.
             warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
             train_images = self.source.images("train", batch, shuffle=True, seed=seed)
-            validation_images = (
-                self.source.images("validation", batch, shuffle=False, seed=0) if has_validation else None
-            )
-            if is_multi_worker(self.strategy):  # every worker reads the same sequence and keeps its share
-                train_images = distributable(train_images)
-                validation_images = (
-                    distributable(validation_images) if validation_images is not None else None
-                )
+            validation_images = None
+            if has_validation:
+                size = eval_batch_size(self.source.count("validation"), batch, replicas)
+                validation_images = self.source.images("validation", size, shuffle=False, seed=0)
             trained.fit(
-                train_images,
+                self._distributable(train_images),
                 epochs=stage.epochs,
                 initial_epoch=initial_epoch,
-                validation_data=validation_images,
+                validation_data=self._distributable(validation_images),
                 shuffle=False,  # the pipeline reshuffles every epoch itself
                 callbacks=callbacks,
                 verbose=self.verbose,
             )
+
+    def _distributable(self, dataset: tf.data.Dataset | None) -> tf.data.Dataset | None:
+        """``dataset`` as the strategy needs it: every batch feeds every replica, and with several workers
+        each keeps its share of the same sequence (`distributable`). Unchanged with one replica."""
+        if dataset is None or self.strategy.num_replicas_in_sync == 1:
+            return dataset
+        dataset = feed_every_replica(dataset, self.strategy.num_replicas_in_sync)
+        return distributable(dataset) if is_multi_worker(self.strategy) else dataset
 
     def _prefix_activations(self, stage: Stage, has_validation: bool) -> tuple[FrozenPrefix, _Arrays] | None:
         """For a fine-tune without augmentation: the frozen prefix and its output for train and validation.
@@ -785,6 +786,12 @@ class StageRunner:
             trained, state.stage if state is not None else None, cached, cut, stage.name
         )
         self.tracker.start_stage(index, stage.name, stage.epochs, initial_epoch)
+        replicas = self.strategy.num_replicas_in_sync
+        self.tracker.update(
+            replicas=replicas,
+            global_batch_size=stage.batch_size,
+            per_replica_batch_size=per_replica_batch(stage.batch_size, replicas),
+        )
         if initial_epoch:
             self.tracker.update(completed_epochs=self.tracker.snapshot().completed_epochs + initial_epoch)
         es = None

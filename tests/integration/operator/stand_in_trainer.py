@@ -141,6 +141,10 @@ def main() -> None:
                     "progress": min(99, 100 * completed // total),
                     "eta_seconds": seconds * (total - completed),
                     "images_trained": 100 * completed,
+                    # As the real trainer reports them: 2 replicas split the stage's batchSize.
+                    "replicas": 2,
+                    "global_batch_size": stage.batch_size,
+                    "per_replica_batch_size": -(-stage.batch_size // 2),
                 }
             )
             if mode == "nogain" and not state.notices:

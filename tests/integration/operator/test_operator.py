@@ -60,6 +60,8 @@ def test_status_and_metrics_reflect_the_trainers_progress_within_15_seconds(op: 
     assert status["stage"] == "head"
     assert status["totalEpochs"] == 30
     assert "val_accuracy" in status["metrics"]
+    # The stand-in reports 2 replicas splitting the stage's batchSize (the default, 32).
+    assert (status["replicas"], status["globalBatchSize"], status["perReplicaBatchSize"]) == (2, 32, 16)
     assert "epoch" in op.condition("progress", "Reconciling")["message"]
     text = op.metrics()
     assert 'kubegraft_job_stage_info{namespace="default",stage="head",transferjob="progress"} 1.0' in text

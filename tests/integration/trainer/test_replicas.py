@@ -40,6 +40,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("replica-images"), (0, 1, 2, 3, 4), 24, seed=0)
 
 
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """97 training images (3 batches of 32 and 1), 20 validation, 20 test: classes 0-3 27 each, class 4 29."""
+    root = tmp_path_factory.mktemp("odd-replica-images")
+    write_class_folders(root, (0, 1, 2, 3), 27, seed=1)
+    return write_class_folders(root, (4,), 29, seed=1)
+
+
 def _manifest(root: Path, name: str, data: Path, weights: Path, **spec: Any) -> Path:
     body: dict[str, Any] = {
         "dataset": {"uri": str(data), "imageSize": 32, "validationSplit": 0.15, "testSplit": 0.15, "seed": 7},
@@ -135,11 +143,40 @@ def test_two_replicas_take_the_one_replica_steps_through_cached_head_prefix_cut_
     assert abs(one["test"]["loss"] - two["test"]["loss"]) <= LOSS_TOLERANCE
 
 
-def test_two_replicas_search_like_one_through_the_linear_classifier_and_the_head(
-    images: Path, pretrained_backbone: Path, tmp_path: Path
+def test_last_batch_of_one_image_trains_on_two_replicas_as_one_replica_trains_it(
+    odd_images: Path, pretrained_backbone: Path, tmp_path: Path
 ) -> None:
-    # A 30-epoch budget: the linear classifier (scikit-learn on cached features) and the 30-epoch head.
-    one, two = _pair(tmp_path, "auto", images, pretrained_backbone, budget={"epochs": 30})
+    # 97 training images in batches of 32: the last batch of 1 would give the second replica no example
+    # (the pixel stage's convolutions then failed: "Incompatible shapes: [0,32,32,3] vs. [16]"); each
+    # replica computes it whole instead, so the step is the one replica's step.
+    stages = [
+        stage("head", 0, 3, learningRate=0.01),  # cached bottleneck features
+        stage("top", 20, 2, learningRate=1e-3),  # the frozen prefix's activations
+        stage("all", "all", 1, learningRate=1e-4, optimizer="sgd"),  # the full model on pixels
+    ]
+    one, two = _pair(tmp_path, "odd", odd_images, pretrained_backbone, stages=stages)
+
+    assert one["images"]["train"] == two["images"]["train"] == 97
+    validation = one["images"]["validation"]
+    for a, b in zip(one["stages"], two["stages"], strict=True):
+        assert (b["cached_features"], b["frozen_prefix"]) == (a["cached_features"], a["frozen_prefix"])
+        assert (a["per_replica_batch_size"], b["per_replica_batch_size"]) == (32, 16)
+        # The same weights after every epoch: validation agrees as on even batches. The logged training
+        # loss counts the repeated 1-image batch twice (a 98th image's loss), accuracy within one image.
+        for key in ("val_loss", "val_accuracy"):
+            tolerance = LOSS_TOLERANCE if "loss" in key else 1.01 / validation
+            np.testing.assert_allclose(b["history"][key], a["history"][key], atol=tolerance, rtol=0)
+        np.testing.assert_allclose(b["history"]["accuracy"], a["history"]["accuracy"], atol=1.01 / 97, rtol=0)
+    assert abs(one["test"]["accuracy"] - two["test"]["accuracy"]) <= 1.01 / one["test"]["images"]
+    assert abs(one["test"]["loss"] - two["test"]["loss"]) <= LOSS_TOLERANCE
+
+
+def test_two_replicas_search_like_one_through_the_linear_classifier_and_the_head(
+    odd_images: Path, pretrained_backbone: Path, tmp_path: Path
+) -> None:
+    # A 30-epoch budget: the linear classifier (scikit-learn on cached features) and the 30-epoch head, on
+    # 97 training images (every epoch ends with a batch of 1, which each replica computes whole).
+    one, two = _pair(tmp_path, "auto", odd_images, pretrained_backbone, budget={"epochs": 30})
 
     assert (one["strategy"], two["strategy"], two["replicas"]) == ("auto", "auto", 2)
     ran = [[c for c in m["search"]["candidates"] if c["status"] != "skipped"] for m in (one, two)]

@@ -49,14 +49,20 @@ def test_head_stage_freezes_backbone_and_finetune_trains_only_unfrozen_top_layer
     source = ArraySource({"train": _arrays((0, 1, 7), 40, 0), "validation": _arrays((0, 1, 7), 10, 40)})
     strategy = tf.distribute.get_strategy()
 
-    def run(spec: Any, run_id: str) -> None:
+    def run(spec: Any, run_id: str) -> ProgressTracker:
         store = CheckpointStore(spec.output.uri, run_id, spec.storage, spec_hash(spec))
-        StageRunner(
-            parts, spec, source, store=store, tracker=ProgressTracker(out=io.StringIO()), strategy=strategy
-        ).run_all()
+        tracker = ProgressTracker(out=io.StringIO())
+        StageRunner(parts, spec, source, store=store, tracker=tracker, strategy=strategy).run_all()
+        return tracker
 
     backbone0, head0 = _weights(parts.backbone), _weights(parts.head)
-    run(head_spec, "head")
+    progress = run(head_spec, "head").snapshot()
+    batch = head_spec.stages[0].batch_size
+    assert (progress.replicas, progress.global_batch_size, progress.per_replica_batch_size) == (
+        1,
+        batch,
+        batch,
+    )
     backbone1, head1 = _weights(parts.backbone), _weights(parts.head)
     assert backbone1.keys() == backbone0.keys()
     for path, value in backbone0.items():  # kernels, BN gamma/beta and BN moving statistics alike

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubegraft.runtime import TrainingProgress
+from kubegraft.status import TransferJobStatus
 from kubegraft_operator.conditions import find
 from kubegraft_operator.planning import (
     ANNOTATION_FINISHED_RUN,
@@ -186,6 +187,27 @@ def test_a_running_pod_with_progress_is_running_with_stage_epoch_and_metrics() -
     assert status["images"]["train"] == 100
     assert status["recipe"] == "head5+ft5"
     assert "epoch 2/5" in _condition(status, "Reconciling")["message"]
+
+
+def test_replicas_and_the_current_stages_global_and_per_replica_batch_are_copied_into_status() -> None:
+    progress = TrainingProgress.model_validate(
+        {
+            "state": "training",
+            "stage": "finetune",
+            "replicas": 4,
+            "globalBatchSize": 64,
+            "perReplicaBatchSize": 16,
+        }
+    )
+    status = _status(transferjob(), [job(1)], [pod(running=True)], progress).status
+    assert (status["replicas"], status["globalBatchSize"], status["perReplicaBatchSize"]) == (4, 64, 16)
+    TransferJobStatus.model_validate(status)  # the fields the status schema declares
+    before = TrainingProgress.model_validate({"state": "loading"})  # not known before the first stage
+    waiting = _status(transferjob(), [job(1)], [pod(running=True)], before).status
+    assert not {"replicas", "globalBatchSize", "perReplicaBatchSize"} & waiting.keys()
+    tj = transferjob(with_spec(model={"backbone": "ResNet50"}), generation=2, status={**status, "run": 1})
+    new_run = _status(tj, [job(1, outcome="Succeeded")], [])
+    assert status_patch(status, new_run.status)["replicas"] is None  # a new run drops the old run's
 
 
 def test_progress_fields_are_kept_between_polls_of_the_same_run() -> None:
