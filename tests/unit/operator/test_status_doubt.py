@@ -173,16 +173,21 @@ def test_a_status_write_that_failed_before_its_commit_is_written_whole_next_time
     _complete(server.body["status"])
 
 
-def test_a_status_write_answered_504_after_its_commit_leaves_no_stale_field_behind() -> None:
-    # The 504'd write committed a progress poll (etaSeconds among its fields); then the run failed. A Failed
-    # status has no ETA: the one the lost reply's write left must not stay behind.
-    server = StatusServer()
-    reconciler = _reconciler(
+def _training_with_eta(server: StatusServer) -> Reconciler:
+    """A reconciler whose trainer reports epoch 1 of 4 with an ETA (a field a Failed status drops)."""
+    return _reconciler(
         server,
         TrainingProgress.model_validate(
             {"state": "training", "epoch": 1, "totalEpochs": 4, "etaSeconds": 30}
         ),
     )
+
+
+def test_a_status_write_answered_504_after_its_commit_leaves_no_stale_field_behind() -> None:
+    # The 504'd write committed a progress poll (etaSeconds among its fields); then the run failed. A Failed
+    # status has no ETA: the one the lost reply's write left must not stay behind.
+    server = StatusServer()
+    reconciler = _training_with_eta(server)
     running = ([job(1)], [pod(running=True)])
     _event(reconciler, server.seen(), *running)
     server.fail = "after"
@@ -202,12 +207,7 @@ def test_a_status_write_answered_504_after_its_commit_leaves_no_stale_field_behi
 def test_after_a_504_a_lagging_body_showing_the_older_status_does_not_end_the_doubt() -> None:
     # The watch still shows the status from before the 504'd write (which committed): that is no proof.
     server = StatusServer()
-    reconciler = _reconciler(
-        server,
-        TrainingProgress.model_validate(
-            {"state": "training", "epoch": 1, "totalEpochs": 4, "etaSeconds": 30}
-        ),
-    )
+    reconciler = _training_with_eta(server)
     running = ([job(1)], [pod(running=True)])
     _event(reconciler, server.seen(), *running)
     lagging = server.seen()
