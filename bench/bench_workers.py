@@ -24,29 +24,18 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from kubegraft import runtime
+from tests.harness.workers import start_local_workers
 
 _PER_CLASS = int(os.environ.get("BENCH_WORKERS_PER_CLASS", "32"))
 _TUNE_EPOCHS = int(os.environ.get("BENCH_WORKERS_TUNE_EPOCHS", "3"))
 _CLASSES = (0, 1, 2, 3, 4)
 _TIMEOUT = 900.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _manifest(root: Path, data: Path, backbone: Path, workers: int) -> Path:
@@ -89,35 +78,10 @@ def _train(
     """One run in fresh processes; the chief's fine-tune record and the wall time."""
     root.mkdir(parents=True)
     manifest = _manifest(root, data, backbone, workers)
-    addresses = {
-        f"bench-1-{i}.bench-1:{runtime.WORKER_PORT}": f"127.0.0.1:{_free_port()}" for i in range(workers)
-    }
-    command = [str(Path(sys.executable).parent / "kubegraft"), "train", "--progress-port", "0"]
     started = time.monotonic()
-    processes = []
-    for index in range(workers):
-        env = {
-            **os.environ,
-            runtime.ENV_SPEC_PATH: str(manifest),
-            runtime.ENV_RUN_ID: "bench",
-            runtime.ENV_TERMINATION_LOG: str(root / f"termination-{index}"),
-            runtime.ENV_SCRATCH_DIR: str(root / f"scratch-{index}"),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        if logical_cpus:
-            env["KUBEGRAFT_LOGICAL_CPUS"] = str(logical_cpus)
-        if workers > 1:
-            env.update(
-                {
-                    runtime.ENV_WORKERS: str(workers),
-                    runtime.ENV_JOB_NAME: "bench-1",
-                    runtime.ENV_WORKER_SERVICE: "bench-1",
-                    runtime.ENV_COMPLETION_INDEX: str(index),
-                    runtime.ENV_TEST_ADDRESSES: json.dumps(addresses),
-                }
-            )
-        log = (root / f"worker-{index}.log").open("wb")
-        processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    processes = start_local_workers(
+        manifest, root, job="bench-1", run_id="bench", workers=workers, logical_cpus=logical_cpus
+    )
     codes = [p.wait(_TIMEOUT) for p in processes]
     wall = time.monotonic() - started
     if codes != [0] * workers:

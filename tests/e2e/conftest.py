@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -27,19 +26,13 @@ import pytest
 
 from tests.harness.cluster import Cluster, OperatorProcess
 from tests.harness.fashion import FashionTransfer
+from tests.harness.ports import free_port
 from tests.harness.s3 import SeaweedFS, bucket_name
 from tests.harness.transfer import TransferInputs, stage_inputs
 
 NAMESPACE = "e2e"
 SECRET = "s3-credentials"
 OPERATOR_START_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass
@@ -166,7 +159,7 @@ def e2e(
                 },
             }
         )
-        port = _free_port()
+        port = free_port()
         # Progress polls every second: the trainer's epochs on this tiny data set can take under a second.
         operator = cluster.start_operator(
             env={"KUBEGRAFT_METRICS_PORT": str(port), "KUBEGRAFT_PROGRESS_INTERVAL": "1"}

@@ -45,6 +45,7 @@ from typing import Any, Literal, TextIO
 import yaml
 
 from tests.harness.fashion import CLASS_NAMES, write_class_folders
+from tests.harness.ports import free_port
 from tests.harness.s3 import SeaweedFS, s3_client
 from tests.harness.transfer import TransferInputs, download_version, stage_inputs
 
@@ -251,13 +252,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -632,7 +626,7 @@ class Demo:
         cluster = self.stack.enter_context(Cluster(self.root / "cluster", pod_env=pod_env))
         self.stack.callback(self.console.say, "stopping the Kubernetes emulator and the kubelet (and pods)")
         self.console.say(f"Kubernetes API (emulator): {cluster.url}; pods run as local processes")
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.operator = cluster.start_operator(env={"KUBEGRAFT_METRICS_PORT": str(self.metrics_port)})
         self.stack.callback(self.console.say, f"stopping the operator (pid {self.operator.pid})")
         self.console.say(

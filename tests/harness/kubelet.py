@@ -75,6 +75,7 @@ from kubegraft.runtime import (
     ENV_TEST_ADDRESSES,
     PROGRESS_PORT,
 )
+from tests.harness.ports import free_port
 
 JsonObj = dict[str, Any]
 ImagePredicate = Callable[[str], bool]
@@ -1143,7 +1144,7 @@ class TestKubelet:
                 for p in c.get("ports") or []
             ]
             self._addresses[uid] = {
-                f"{name}-{i}.{subdomain}:{port}": f"127.0.0.1:{_free_port()}"
+                f"{name}-{i}.{subdomain}:{port}": f"127.0.0.1:{free_port()}"
                 for i in range(completions)
                 for port in ports
             }
@@ -1294,14 +1295,6 @@ def _port_free(ip: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _index(pod: JsonObj) -> int | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -21,18 +20,11 @@ from typing import Any
 import pytest
 
 from tests.harness.cluster import Cluster, OperatorProcess
+from tests.harness.ports import free_port
 
 STAND_IN = Path(__file__).with_name("stand_in_trainer.py")
 API_VERSION = "kubegraft.io/v1alpha1"
 UNPULLABLE = "registry.invalid/"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def operator_process_env(metrics_port: int) -> dict[str, str]:

@@ -8,27 +8,17 @@ hostnames. Worker 0 publishes; worker 1 trains in lockstep and publishes nothing
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kubegraft import runtime
 from tests.harness.fashion import write_class_folders
+from tests.harness.workers import start_local_workers
 from tests.integration.trainer.conftest import stage
 
 WORKER_TIMEOUT = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _manifest(tmp_path: Path, data: Path, weights: Path, stages: list[dict[str, Any]]) -> Path:
@@ -56,27 +46,7 @@ def _manifest(tmp_path: Path, data: Path, weights: Path, stages: list[dict[str, 
 
 
 def _start_workers(manifest: Path, tmp_path: Path) -> list[subprocess.Popen[bytes]]:
-    addresses = {f"pair-1-{i}.pair-1:{runtime.WORKER_PORT}": f"127.0.0.1:{_free_port()}" for i in range(2)}
-    processes = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            runtime.ENV_SPEC_PATH: str(manifest),
-            runtime.ENV_RUN_ID: "pair-run",
-            runtime.ENV_WORKERS: "2",
-            runtime.ENV_JOB_NAME: "pair-1",
-            runtime.ENV_WORKER_SERVICE: "pair-1",
-            runtime.ENV_WORKER_PORT: str(runtime.WORKER_PORT),
-            runtime.ENV_COMPLETION_INDEX: str(index),
-            runtime.ENV_TEST_ADDRESSES: json.dumps(addresses),
-            runtime.ENV_TERMINATION_LOG: str(tmp_path / f"termination-{index}"),
-            runtime.ENV_SCRATCH_DIR: str(tmp_path / f"scratch-{index}"),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        log = (tmp_path / f"worker-{index}.log").open("wb")
-        command = [str(Path(sys.executable).parent / "kubegraft"), "train", "--progress-port", "0"]
-        processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return processes
+    return start_local_workers(manifest, tmp_path, job="pair-1", run_id="pair-run", workers=2)
 
 
 def _wait(processes: list[subprocess.Popen[bytes]], tmp_path: Path) -> list[int]:
